@@ -1,0 +1,41 @@
+# mgmt_nb developer commands. `make demo` and `make test` each set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Demo size: finishes on 2 CPU cores; the thesis size is 256x256x64 with efficientnetb1 on a GPU.
+DEMO_PARAMS := -p arch resnet18 -p image_size 64 -p depth 32 -p epochs 12 -p batch_size 8 -p run_name demo -p output_dir runs
+
+.PHONY: setup demo test export clean docs
+
+setup: $(STAMP)
+
+$(STAMP): settings.ini setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mgmt_nb)"
+	$(BIN)/pip check
+	touch $(STAMP)
+
+demo: setup
+	rm -rf runs/demo
+	$(BIN)/papermill nbs/05_train.ipynb runs/demo/05_train.ipynb $(DEMO_PARAMS) $(DEMO_EXTRA) --log-output --no-progress-bar
+	$(BIN)/mgmt_nb_summary runs/demo
+
+test: setup
+	$(BIN)/nbdev_export
+	@if [ -n "$$CI" ]; then git diff --exit-code --stat -- mgmt_nb || { echo "mgmt_nb/ differs from nbs/: run nbdev_export and commit the modules."; exit 1; }; fi
+	$(BIN)/nbdev_test --n_workers 2 --do_print
+	$(BIN)/pytest -q tests
+
+export:
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+
+docs: setup
+	@command -v quarto >/dev/null 2>&1 || { echo "quarto not found on PATH: install Quarto from https://quarto.org/docs/get-started/ and run 'make docs' again. mgmt_nb never downloads it."; exit 1; }
+	$(BIN)/nbdev_docs
+
+clean:
+	rm -rf runs _docs _proc build dist *.egg-info

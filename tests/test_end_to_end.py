@@ -1,0 +1,100 @@
+"""The training notebook run as users run it: papermill on the phantom cohort, then the files it writes."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import run_training
+from mgmt_nb.core import SYNTHETIC_NOTE
+from mgmt_nb.phantom import SENTINEL_BIRTH_DATE, SENTINEL_ID_PREFIX, SENTINEL_NAME_PREFIX
+
+RUN_FILES = [
+    "params.json", "history.csv", "best.weights.h5", "loss_curves.png", "predictions_validation.csv",
+    "predictions_external.csv", "skipped.csv", "metrics.json",
+]
+
+
+def test_run_writes_every_file(phantom_run):
+    missing = [name for name in RUN_FILES if not (phantom_run / name).is_file()]
+    assert missing == []
+
+
+def test_metrics_are_labelled_synthetic(phantom_run):
+    metrics = json.loads((phantom_run / "metrics.json").read_text())
+    assert metrics["synthetic"] is True
+    assert metrics["note"] == SYNTHETIC_NOTE
+    external = metrics["cohorts"]["external"]
+    assert external["n"] == 8
+    assert 0.0 <= external["auc_low"] <= external["auc"] <= external["auc_high"] <= 1.0
+
+
+def test_predictions_cover_external_patients(phantom_run, phantom_pair):
+    predictions = pd.read_csv(phantom_run / "predictions_external.csv", dtype={"patient_id": str})
+    labels = pd.read_csv(phantom_pair[1] / "labels.csv", dtype={"patient_id": str})
+    assert sorted(predictions.patient_id) == sorted(labels.patient_id)
+    assert predictions.probability.between(0, 1).all()
+    merged = predictions.merge(labels, on="patient_id", suffixes=("", "_truth"))
+    assert (merged.MGMT_value == merged.MGMT_value_truth).all()
+
+
+def test_history_has_one_row_per_epoch(phantom_run):
+    history = pd.read_csv(phantom_run / "history.csv")
+    assert {"loss", "val_loss", "auc", "val_auc", "accuracy"} <= set(history.columns)
+    assert 1 <= len(history) <= 2
+
+
+def test_no_header_identifier_reaches_outputs(phantom_run, cache_root):
+    sentinels = [SENTINEL_NAME_PREFIX, SENTINEL_ID_PREFIX, SENTINEL_BIRTH_DATE]
+    leaks = []
+    scanned = 0
+    for folder in (phantom_run.parent, cache_root / "volumes"):
+        for path in folder.rglob("*"):
+            if not path.is_file():
+                continue
+            scanned += 1
+            content = path.read_bytes()
+            for sentinel in sentinels:
+                if sentinel.encode() in content or sentinel in path.name:
+                    leaks.append((str(path), sentinel))
+    assert scanned > 10
+    assert leaks == []
+
+
+def test_summary_cli_prints_external_auc(phantom_run):
+    result = subprocess.run([sys.executable, "-c", "from mgmt_nb.evaluate import summary_cli; summary_cli()", str(phantom_run)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "external" in result.stdout
+    assert "AUC" in result.stdout
+    assert "SYNTHETIC" in result.stdout
+
+
+def test_summary_cli_missing_folder(tmp_path):
+    result = subprocess.run([sys.executable, "-c", "from mgmt_nb.evaluate import summary_cli; summary_cli()", str(tmp_path / "absent")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert str(tmp_path / "absent") in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_series_is_skipped_and_listed(tmp_path, cache_root, phantom_pair):
+    cohort = tmp_path / "cohort"
+    shutil.copytree(phantom_pair[0], cohort)
+    patient = sorted((cohort / "train").iterdir())[0]
+    shutil.rmtree(patient / "FLAIR")
+    result = run_training(tmp_path, "skip", cache_root, data_dir=cohort, external_dir=phantom_pair[1], epochs=1)
+    assert result.returncode == 0, result.stderr[-4000:]
+    skipped = pd.read_csv(tmp_path / "skip" / "skipped.csv", dtype={"patient_id": str})
+    row = skipped[skipped.patient_id == patient.name]
+    assert len(row) == 1
+    assert str(patient / "FLAIR") in row.reason.iloc[0]
+
+
+def test_bad_parameter_fails_with_clear_message(tmp_path, cache_root, phantom_pair):
+    result = run_training(tmp_path, "bad", cache_root, arch="resnet9000", epochs=1)
+    assert result.returncode != 0
+    assert "resnet9000" in result.stderr
+    assert "resnet18" in result.stderr
