@@ -1,5 +1,6 @@
 # mgmt_nb developer commands. `make demo` and `make test` each set up .venv first.
 PYTHON ?= python3
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
