@@ -97,4 +97,4 @@ def test_blank_volume_is_rejected(cohort):
     table = cohort_table(cohort, sequences=["T1wCE"])
     _, skipped = prepare_volumes(table, "T1wCE", (16, 16, 8), progress=False)
     assert skipped.patient_id.tolist() == [folder.parent.name]
-    assert "constant" in skipped.reason.iloc[0]
+    assert "blank" in skipped.reason.iloc[0]

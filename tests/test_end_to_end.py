@@ -11,6 +11,8 @@ from conftest import run_training
 from mgmt_nb.core import SYNTHETIC_NOTE
 from mgmt_nb.phantom import SENTINEL_BIRTH_DATE, SENTINEL_ID_PREFIX, SENTINEL_NAME_PREFIX
 
+# The same call as the installed `mgmt_nb_summary` console script, which exits with summary_cli's return value.
+SUMMARY_SCRIPT = "import sys; from mgmt_nb.evaluate import summary_cli; sys.exit(summary_cli())"
 RUN_FILES = [
     "params.json", "history.csv", "best.weights.h5", "loss_curves.png", "predictions_validation.csv",
     "predictions_external.csv", "skipped.csv", "metrics.json",
@@ -64,7 +66,7 @@ def test_no_header_identifier_reaches_outputs(phantom_run, cache_root):
 
 
 def test_summary_cli_prints_external_auc(phantom_run):
-    result = subprocess.run([sys.executable, "-c", "from mgmt_nb.evaluate import summary_cli; summary_cli()", str(phantom_run)],
+    result = subprocess.run([sys.executable, "-c", SUMMARY_SCRIPT, str(phantom_run)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "external" in result.stdout
@@ -73,7 +75,7 @@ def test_summary_cli_prints_external_auc(phantom_run):
 
 
 def test_summary_cli_missing_folder(tmp_path):
-    result = subprocess.run([sys.executable, "-c", "from mgmt_nb.evaluate import summary_cli; summary_cli()", str(tmp_path / "absent")],
+    result = subprocess.run([sys.executable, "-c", SUMMARY_SCRIPT, str(tmp_path / "absent")],
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert str(tmp_path / "absent") in result.stdout + result.stderr
