@@ -100,3 +100,17 @@ def test_bad_parameter_fails_with_clear_message(tmp_path, cache_root, phantom_pa
     assert result.returncode != 0
     assert "resnet9000" in result.stderr
     assert "resnet18" in result.stderr
+
+
+def test_all_sequences_mixed_precision_xla(tmp_path, cache_root, phantom_pair):
+    result = run_training(
+        tmp_path, "all", cache_root, seq="all", epochs=1,
+        mixed_precision="mixed_bfloat16", jit_compile=True, distribute="mirrored",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    params = json.loads((tmp_path / "all" / "params.json").read_text())
+    assert params["sequences"] == ["FLAIR", "T1w", "T1wCE", "T2w"]
+    assert params["mixed_precision"] == "mixed_bfloat16"
+    predictions = pd.read_csv(tmp_path / "all" / "predictions_external.csv")
+    assert len(predictions) == 8
+    assert predictions.probability.between(0, 1).all()
