@@ -24,6 +24,7 @@ $(STAMP): settings.ini setup.py constraints.txt
 
 demo: setup
 	rm -rf runs/demo
+	mkdir -p runs/demo
 	$(BIN)/papermill nbs/05_train.ipynb runs/demo/05_train.ipynb $(DEMO_PARAMS) $(DEMO_EXTRA) --log-output --no-progress-bar
 	$(BIN)/mgmt_nb_summary runs/demo
 

@@ -33,7 +33,7 @@ def phantom_pair(cache_root):
     return phantom_cohorts(n_train=16, n_external=8, signal=0.8, seed=5)
 
 
-def run_training(output_dir: Path, run_name: str, cache_root: Path, **parameters) -> subprocess.CompletedProcess:
+def run_training(output_dir: Path, run_name: str, cache_root: Path, cwd: Path = REPO / "nbs", **parameters) -> subprocess.CompletedProcess:
     "Execute the training notebook with papermill in a subprocess, as a user does from the shell."
     defaults = dict(arch="resnet18", image_size=32, depth=16, batch_size=4, epochs=2,
                     phantom_train=16, phantom_external=8, seed=5)
@@ -43,11 +43,11 @@ def run_training(output_dir: Path, run_name: str, cache_root: Path, **parameters
     command = [
         sys.executable, "-m", "papermill", str(TRAIN_NOTEBOOK), str(output_dir / f"{run_name}.ipynb"),
         "-p", "output_dir", str(output_dir), "-p", "run_name", run_name, *arguments,
-        "--cwd", str(REPO / "nbs"), "--no-progress-bar",
+        "--cwd", str(cwd), "--no-progress-bar",
     ]
     environment = {**os.environ, "MGMT_NB_CACHE": str(cache_root)}
     environment.pop("IN_TEST", None)
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900)
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=cwd, timeout=900)
 
 
 @pytest.fixture(scope="session")

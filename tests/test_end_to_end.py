@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import run_training
+from conftest import REPO, run_training
 from mgmt_nb.core import SYNTHETIC_NOTE
 from mgmt_nb.phantom import SENTINEL_BIRTH_DATE, SENTINEL_ID_PREFIX, SENTINEL_NAME_PREFIX
 
@@ -93,6 +93,8 @@ def test_missing_series_is_skipped_and_listed(tmp_path, cache_root, phantom_pair
     row = skipped[skipped.patient_id == patient.name]
     assert len(row) == 1
     assert str(patient / "FLAIR") in row.reason.iloc[0]
+    assert "series not found" in row.reason.iloc[0]
+    assert "Errno" not in row.reason.iloc[0]
 
 
 def test_bad_parameter_fails_with_clear_message(tmp_path, cache_root, phantom_pair):
@@ -100,6 +102,17 @@ def test_bad_parameter_fails_with_clear_message(tmp_path, cache_root, phantom_pa
     assert result.returncode != 0
     assert "resnet9000" in result.stderr
     assert "resnet18" in result.stderr
+    assert not (tmp_path / "bad").exists(), "no run folder is created for invalid parameters"
+
+
+def test_run_outside_repository(tmp_path, cache_root, phantom_pair):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    before = {path: path.read_bytes() for path in (REPO / "mgmt_nb").glob("*.py")}
+    result = run_training(tmp_path, "outside", cache_root, epochs=1, cwd=outside)
+    assert result.returncode == 0, result.stderr[-4000:]
+    after = {path: path.read_bytes() for path in (REPO / "mgmt_nb").glob("*.py")}
+    assert after == before, "a training run does not rewrite the package"
 
 
 def test_all_sequences_mixed_precision_xla(tmp_path, cache_root, phantom_pair):
