@@ -133,3 +133,10 @@ def test_all_sequences_mixed_precision_xla(tmp_path, cache_root, phantom_pair):
     predictions = pd.read_csv(tmp_path / "all" / "predictions_external.csv")
     assert len(predictions) == 8
     assert predictions.probability.between(0, 1).all()
+
+
+def test_xception_run(tmp_path, cache_root, phantom_pair):
+    result = run_training(tmp_path, "xception", cache_root, arch="xception", epochs=1)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((tmp_path / "xception" / "metrics.json").read_text())
+    assert metrics["cohorts"]["external"]["n"] == 8
