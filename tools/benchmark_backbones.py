@@ -2,8 +2,8 @@
 """Time training steps of mgmt_nb classifiers on random volumes, one backbone per fresh process.
 
 Each backbone is built with `mgmt_nb.model.build_model` (no pretrained weights) and compiled with
-`mgmt_nb.model.compile_model`. EfficientNet and MobileNet backbones are built inside
-`mgmt_nb.depthwise.fast_depthwise()` unless `--depthwise library` is given. The script reports the
+`mgmt_nb.model.compile_model`. build_model gives EfficientNets mgmt_nb's FastDepthwiseConv3D;
+`--depthwise library` switches that off to time the library's per-channel layer. The script reports the
 first `train_on_batch` (graph tracing included), the median of the later steps, the peak resident
 memory of the process and the parameter count. A separate process per backbone keeps the memory
 peaks apart.
@@ -81,7 +81,6 @@ def run_worker(args: argparse.Namespace) -> dict:
     import numpy as np
     import keras
     import tensorflow as tf
-    from mgmt_nb.depthwise import fast_depthwise
     from mgmt_nb.model import build_model, compile_model
 
     arch = args.worker
@@ -93,9 +92,11 @@ def run_worker(args: argparse.Namespace) -> dict:
 
     keras.utils.set_random_seed(0)
     started = time.perf_counter()
-    build_context = fast_depthwise() if depthwise == "fast" else contextlib.nullcontext()
-    with build_context:
-        model = build_model(arch, input_shape=input_shape)
+    if depthwise == "library":
+        import mgmt_nb.model
+
+        mgmt_nb.model.fast_depthwise = contextlib.nullcontext  # build_model then keeps the library's layer
+    model = build_model(arch, input_shape=input_shape)
     compile_model(model)
     build_s = time.perf_counter() - started
 
