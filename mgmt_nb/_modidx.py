@@ -245,4 +245,5 @@ d = { 'settings': { 'branch': 'main',
                                   'mgmt_nb.xception._separable_bn': ('xception.html#_separable_bn', 'mgmt_nb/xception.py'),
                                   'mgmt_nb.xception._static_or_dynamic': ('xception.html#_static_or_dynamic', 'mgmt_nb/xception.py'),
                                   'mgmt_nb.xception._strided_shortcut': ('xception.html#_strided_shortcut', 'mgmt_nb/xception.py'),
+                                  'mgmt_nb.xception.check_volume_shape': ('xception.html#check_volume_shape', 'mgmt_nb/xception.py'),
                                   'mgmt_nb.xception.stored_weight_shapes': ('xception.html#stored_weight_shapes', 'mgmt_nb/xception.py')}}}
