@@ -1,4 +1,4 @@
-"""Bad input through the public API: each error names the file and says what to do."""
+"""Bad input through the public API: each error names the file and gives the fix."""
 import shutil
 
 import numpy as np
