@@ -4,9 +4,10 @@
 The script writes one synthetic axial series (an ellipsoid "head" with a gradient, no real anatomy)
 with `mgmt_nb.data.write_dicom_series`, one file per slice, into a temporary folder. Then it times
 (a) `read_volume` on the folder, (b) SimpleITK's ImageSeriesReader including GetGDCMSeriesFileNames,
-(c) `read_volume` plus `preprocess_volume`, which is what a cache miss costs, and (d) `np.load` of the
-file that `mgmt_nb.dataloader.cached_volume` wrote, which is what a cache hit costs. Each time is the
-median of --repeats runs after one warm-up run, so the files are in the OS page cache.
+(c) `read_volume` plus `preprocess_volume`, which is what a cache miss costs, and (d)
+`mgmt_nb.dataloader.load_cached_volume` of the file that `cached_volume` wrote, which is what a
+cache hit costs. Each time is the median of --repeats runs after one warm-up run, so the files are
+in the OS page cache.
 
 Example: python tools/benchmark_reader.py --slices 60 --size 256 --repeats 5
 """
@@ -88,21 +89,13 @@ def read_with_simpleitk(folder: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(reader.Execute())
 
 
-def load_cached(path: Path) -> np.ndarray:
-    "Load a cache file: the array of a .npy file, or the first array of a .npz file."
-    if path.suffix == ".npz":
-        with np.load(path) as archive:
-            return archive[archive.files[0]]
-    return np.load(path)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import SimpleITK as sitk
 
     from mgmt_nb import data as data_module
     from mgmt_nb.data import preprocess_volume, read_volume, write_dicom_series
-    from mgmt_nb.dataloader import cached_volume
+    from mgmt_nb.dataloader import cached_volume, load_cached_volume
 
     with tempfile.TemporaryDirectory(prefix="benchmark_reader_") as temporary:
         root = Path(temporary)
@@ -124,7 +117,7 @@ def main(argv=None) -> int:
             "a": median_ms(lambda: read_volume(folder), args.repeats),
             "b": median_ms(lambda: read_with_simpleitk(folder), args.repeats),
             "c": median_ms(lambda: preprocess_volume(read_volume(folder), size=args.target), args.repeats),
-            "d": median_ms(lambda: load_cached(cache_file), args.repeats),
+            "d": median_ms(lambda: load_cached_volume(cache_file), args.repeats),
         }
 
     target = "x".join(str(size) for size in args.target)
@@ -132,14 +125,14 @@ def main(argv=None) -> int:
         ("(a) mgmt_nb read_volume(folder)", times["a"]),
         ("(b) SimpleITK ImageSeriesReader, with GetGDCMSeriesFileNames", times["b"]),
         (f"(c) read_volume + preprocess_volume to {target} (cache miss)", times["c"]),
-        (f"(d) np.load of the cached {target} {cache_file.suffix} file (cache hit)", times["d"]),
+        (f"(d) load_cached_volume of the cached {target} {cache_file.suffix} file (cache hit)", times["d"]),
     ]
     command = shlex.join(["python", "tools/benchmark_reader.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"Synthetic data: one axial series of {args.slices} files of {args.size}x{args.size} uint16 pixels "
           f"({megabytes:.1f} MiB), written by write_dicom_series; no real scan.")
     print(f"Command: `{command}`")
     print(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (os.cpu_count), Python {platform.python_version()}, "
-          f"SimpleITK {sitk.Version.VersionString()}, read_volume threads {getattr(data_module, 'READ_WORKERS', 1)}")
+          f"SimpleITK {sitk.Version.VersionString()}, threads for compressed DICOM {getattr(data_module, 'READ_WORKERS', 1)}")
     print(f"Median of {args.repeats} runs after one warm-up; files in the OS page cache.")
     print()
     print("| step | median ms |")
