@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mgmt_nb.data import preprocess_volume
@@ -138,3 +139,30 @@ def test_vectorised_and_reference_flags_agree(planted_cohorts):
     pairs = lambda table: sorted(zip(table["external_id"], table["train_id"]))
     assert pairs(reference["flagged"]) == [("X03", "T03"), ("X07", "T07")]
     assert pairs(vectorised["flagged"]) == pairs(reference["flagged"])
+
+
+def test_audit_cohorts_finds_phantom_duplicates(tmp_path):
+    """Five planted re-acquisitions among 30 external phantom patients: each sequence flags exactly those five.
+
+    Seed 2 was not used to set IMAGE_THRESHOLDS, which come from seeds 0 and 1.
+    """
+    from mgmt_nb.dataloader import cohort_table
+    from mgmt_nb.leakage import audit_cohorts
+    from mgmt_nb.phantom import phantom_cohorts, phantom_info
+
+    train_root, external_root = phantom_cohorts(
+        n_train=60, n_external=30, planted_duplicates=5, seed=2, cache_root=tmp_path / "phantom", progress=False,
+    )
+    planted = phantom_info(external_root)["planted_duplicates"]
+    assert len(planted) == 5
+    flagged = audit_cohorts(
+        cohort_table(train_root), cohort_table(external_root), ["FLAIR", "T1w", "T1wCE", "T2w"], size=(64, 64, 32),
+        output_dir=tmp_path / "report", cache_root=tmp_path / "cache", progress=False,
+    )
+    assert flagged == set(planted)
+
+    candidates = pd.read_csv(tmp_path / "report" / "candidates.csv", dtype={"train_id": str})
+    for sequence, group in candidates[candidates["flagged"]].groupby("sequence"):
+        pairs = dict(zip(group["external_id"], group["train_id"]))
+        assert pairs == planted, sequence
+    assert set(candidates[candidates["flagged"]]["sequence"]) == {"FLAIR", "T1w", "T1wCE", "T2w"}
