@@ -11,7 +11,15 @@ STAMP := $(VENV)/.installed
 # DEMO_EXTRA="-p phantom_signal 0" for the no-signal control.
 DEMO_PARAMS := -p arch resnet18 -p image_size 64 -p depth 32 -p epochs 20 -p patience 5 -p learning_rate 3e-4 -p batch_size 8 -p run_name demo -p output_dir runs
 
-.PHONY: setup demo test export clean docs
+# The sweep trains 3 architectures on 4 sequences plus the all-sequence model (15 runs) on the same
+# phantom cohort with the demo's recipe at 10 epochs, then writes runs/sweep/results.md and
+# forest.png. Estimated from its first runs: about an hour on 2 CPU cores. It resumes when
+# started again. SWEEP_EXTRA adds options, for example
+# SWEEP_EXTRA="--permutation", or SWEEP_EXTRA="-p phantom_signal 0 --output runs/sweep_nosignal"
+# (a later --output replaces the first, and a sweep rejects a folder trained with other parameters).
+SWEEP_ARGS := --archs resnet18 resnet34 densenet121 --seqs FLAIR T1w T1wCE T2w --all --workers 1 --output runs/sweep -p image_size 64 -p depth 32 -p epochs 10 -p patience 5 -p learning_rate 3e-4 -p batch_size 8
+
+.PHONY: setup demo sweep test export clean docs
 
 setup: $(STAMP)
 
@@ -28,6 +36,9 @@ demo: setup
 	mkdir -p runs/demo
 	$(BIN)/papermill nbs/05_train.ipynb runs/demo/05_train.ipynb $(DEMO_PARAMS) $(DEMO_EXTRA) --log-output --no-progress-bar
 	$(BIN)/mgmt_nb_summary runs/demo
+
+sweep: setup
+	$(BIN)/python -m mgmt_nb.sweep $(SWEEP_ARGS) $(SWEEP_EXTRA)
 
 test: setup
 	$(BIN)/nbdev_export
