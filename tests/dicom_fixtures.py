@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from mgmt_nb.data import Volume, write_dicom_series
+from mgmt_nb.data import PLANE_COSINES, Volume, write_dicom_series
 
 TEST_PATIENT_NAME = "Test^Reader"  # fixed strings, so no identifier from a source header is copied
 TEST_PATIENT_ID = "READER-TEST-0001"
@@ -130,6 +130,16 @@ def decode_mosaic(path) -> tuple[np.ndarray, np.ndarray]:
     # nibabel's MosaicWrapper returns the tiles as (row, column, slice). Its affine maps those
     # indices to DICOM patient coordinates (LPS mm), corrected for the mosaic position offset.
     return wrapper.get_data(), wrapper.affine
+
+
+def other_orientation(dataset) -> list[float]:
+    "Return the cosines of a standard plane that differs from the slice's own."
+    own = np.array([float(value) for value in dataset.ImageOrientationPatient])
+    for cosines in PLANE_COSINES.values():
+        candidate = list(cosines[0] + cosines[1])
+        if not np.allclose(candidate, own, atol=1e-3):
+            return candidate
+    raise AssertionError("PLANE_COSINES has no plane other than the slice's own")
 
 
 def _slice_dataset(instance_uid: str) -> Dataset:

@@ -14,9 +14,11 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mgmt_nb.core import MGMTDataError
-from mgmt_nb.data import PLANE_COSINES, read_volume
+from mgmt_nb.data import read_volume
 from mgmt_nb.dataloader import cohort_table, prepare_volumes, read_labels, skipped_patients
 from mgmt_nb.eda import quality_report
+
+from dicom_fixtures import other_orientation
 
 SIZE = (16, 16, 8)  # preprocessing output shape, small because only the skips matter here
 
@@ -62,16 +64,6 @@ def new_instance(dataset) -> None:
     "Give a copied slice its own SOPInstanceUID, as a scanner would."
     dataset.SOPInstanceUID = generate_uid()
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-
-
-def other_orientation(dataset) -> list[float]:
-    "Return the cosines of a standard plane that differs from the slice's own."
-    own = np.array([float(value) for value in dataset.ImageOrientationPatient])
-    for cosines in PLANE_COSINES.values():
-        candidate = list(cosines[0] + cosines[1])
-        if not np.allclose(candidate, own, atol=1e-3):
-            return candidate
-    raise AssertionError("PLANE_COSINES has no plane other than the slice's own")
 
 
 def assert_names_fix(caught, name) -> None:

@@ -16,9 +16,11 @@ from pydicom.uid import generate_uid
 
 from mgmt_nb import phantom
 from mgmt_nb.core import MGMTDataError
-from mgmt_nb.data import PLANE_COSINES, read_volume
+from mgmt_nb.data import read_volume
 from mgmt_nb.dataloader import cohort_table, prepare_volumes, skipped_patients
 from mgmt_nb.eda import cohort_overview, describe_series, quality_report, write_quality_report
+
+from dicom_fixtures import other_orientation
 
 IDENTIFIER_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName")
 # Defaults for phantoms written before the AccessionNumber and InstitutionName sentinels existed.
@@ -83,15 +85,6 @@ def new_copy(source: Path, target: Path, edit) -> Path:
     edit(dataset)
     dataset.save_as(target)
     return target
-
-
-def other_orientation(dataset) -> list[float]:
-    own = np.array([float(value) for value in dataset.ImageOrientationPatient])
-    for cosines in PLANE_COSINES.values():
-        candidate = list(cosines[0] + cosines[1])
-        if not np.allclose(candidate, own, atol=1e-3):
-            return candidate
-    raise AssertionError("PLANE_COSINES has no plane other than the slice's own")
 
 
 def damage_cohort(root: Path) -> None:
