@@ -487,7 +487,10 @@ def _parse_headers(path: Path, dataset: Dataset, warnings: list[str]) -> list[_S
         dataset.file_meta.get("TransferSyntaxUID") in _NATIVE_SYNTAXES and "PixelData" in dataset
         and dataset.get("BitsAllocated") == 16 and dataset.get("BitsStored") == 16
     )
-    native_dtype = ("<i2" if dataset.get("PixelRepresentation") == 1 else "<u2") if is_native_16bit else None
+    native_dtype = None  # None: decode the pixels with pydicom
+    if is_native_16bit:
+        native_dtype = "<i2" if dataset.get("PixelRepresentation") == 1 else "<u2"
+    file_instance = int(top_instance) if top_instance is not None else None
     has_geometry = True
     headers = []
     for frame in range(frames):
@@ -523,7 +526,7 @@ def _parse_headers(path: Path, dataset: Dataset, warnings: list[str]) -> list[_S
             pixel_spacing=_floats(path, "PixelSpacing", pixel_spacing, 2),
             photometric=photometric,
             slice_spacing=float(spacing) if spacing is not None else top_spacing,
-            instance_number=frame + 1 if frames > 1 else (int(top_instance) if top_instance is not None else None),
+            instance_number=frame + 1 if frames > 1 else file_instance,
             rescale=(slope, intercept), is_localizer="LOCALIZER" in image_type, native_dtype=native_dtype,
         ))
     if not has_geometry:

@@ -19,7 +19,7 @@ candidates). It times the reference, which is what `pairwise_similarity` runs pe
 `_nmi` over all voxels after a per-volume check), on every planted pair plus --sample-pairs random
 other pairs per sequence. Then it extrapolates the reference to all pairs and prints the speed-up
 and the flags of both methods on the sampled pairs. Scores and thresholds printed here come from
-synthetic data and say nothing about real scans.
+synthetic data and are no estimate for real scans.
 
 Example: python tools/benchmark_leakage.py --train 60 --external 30 --size 128x128x64
 """
