@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from .core import MGMTDataError, logger
 
 # %% auto #0
-__all__ = ['as_ras', 'PLANE_COSINES', 'UINT16_MAX', 'READ_WORKERS', 'Volume', 'write_dicom_series', 'write_nifti',
-           'read_dicom_series', 'read_nifti', 'read_volume', 'dark_border_box', 'crop_dark_border',
-           'normalize_intensity', 'resize_volume', 'preprocess_volume']
+__all__ = ['as_ras', 'PLANE_COSINES', 'UINT16_MAX', 'READ_WORKERS', 'NORMALIZATION_METHODS', 'MODE_BINS', 'MODE_SMOOTHING_BINS',
+           'Volume', 'write_dicom_series', 'write_nifti', 'read_dicom_series', 'read_nifti', 'read_volume',
+           'dark_border_box', 'crop_dark_border', 'normalize_intensity', 'resize_volume', 'preprocess_volume']
 
 # %% ../nbs/01_data.ipynb #62e60361
 @dataclass(repr=False)
@@ -889,18 +889,29 @@ def crop_dark_border(
     return data[dark_border_box(data, threshold)].copy()
 
 # %% ../nbs/01_data.ipynb #ba01d95f
+NORMALIZATION_METHODS = ("mode", "percentile")
+MODE_BINS = 256  # histogram bins between the `low` and `high` foreground percentiles
+MODE_SMOOTHING_BINS = 3.0  # Gaussian sigma, in bins, applied to the histogram before its peak is taken
+
+
 def normalize_intensity(
     data: np.ndarray,  # volume indexed (x, y, z), background near 0
     low: float = 0.5,  # lower foreground percentile, mapped to 0
-    high: float = 99.5,  # upper foreground percentile, mapped to 1
+    high: float = 99.5,  # upper foreground percentile: mapped to 1 by "percentile", top of the histogram for "mode"
     foreground_fraction: float = 0.1,  # foreground = voxels above this fraction of the volume's 99.5th percentile
+    method: str = "mode",  # "mode": the histogram peak maps to `mode_level`; "percentile": `high` maps to 1 (the thesis)
+    mode_level: float = 0.4,  # value of the foreground histogram's peak with method="mode"
 ) -> np.ndarray:
-    "Clip a volume (x, y, z) to foreground percentiles and scale it to [0, 1]; returns float32."
+    "Scale a volume (x, y, z) to [0, 1] from its foreground's lower percentile and histogram peak (or upper percentile); returns float32."
     data = _as_3d(data)
     if not 0 <= low < high <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}.")
     if not 0 <= foreground_fraction < 1:
         raise ValueError(f"foreground_fraction must be in [0, 1), got {foreground_fraction}.")
+    if method not in NORMALIZATION_METHODS:
+        raise ValueError(f"method must be one of {NORMALIZATION_METHODS}, got {method!r}.")
+    if not 0 < mode_level <= 1:
+        raise ValueError(f"mode_level must be in (0, 1], got {mode_level}.")
     # Background noise and air would pull the lower percentile towards 0 by different amounts in
     # different scanners, so only voxels clearly above the background count.
     floor = max(foreground_fraction * float(np.percentile(data, 99.5)), 0.0)
@@ -913,8 +924,14 @@ def normalize_intensity(
             f"foreground intensity is constant ({lower:g} from the {low} to the {high} percentile), "
             "so the series is blank or corrupted. Exclude it."
         )
-    scaled = (np.clip(data, lower, upper) - lower) / (upper - lower)
-    return scaled.astype(np.float32)
+    if method == "percentile":
+        scaled = (np.clip(data, lower, upper) - lower) / (upper - lower)
+        return scaled.astype(np.float32)
+    counts, edges = np.histogram(foreground, bins=MODE_BINS, range=(float(lower), float(upper)))
+    peak = int(np.argmax(ndimage.gaussian_filter1d(counts.astype(np.float64), MODE_SMOOTHING_BINS, mode="constant")))
+    mode = 0.5 * (edges[peak] + edges[peak + 1])
+    scaled = (np.asarray(data, dtype=np.float64) - lower) * (mode_level / (mode - lower))
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 
 # %% ../nbs/01_data.ipynb #74df2643
 def resize_volume(

@@ -224,11 +224,15 @@ def test_cache_key_changes_with_each_parameter(monkeypatch, cohorts, tmp_path):
         patch.setattr(mgmt_nb.data.crop_dark_border, "__defaults__", (0.1,))
         keys["crop threshold"] = volume_cache_path(source, SIZE, tmp_path)
     with monkeypatch.context() as patch:
-        low, high, foreground = mgmt_nb.data.normalize_intensity.__defaults__
-        patch.setattr(mgmt_nb.data.normalize_intensity, "__defaults__", (1.0, high, foreground))
+        low, high, foreground, method, level = mgmt_nb.data.normalize_intensity.__defaults__
+        patch.setattr(mgmt_nb.data.normalize_intensity, "__defaults__", (1.0, high, foreground, method, level))
         keys["low percentile"] = volume_cache_path(source, SIZE, tmp_path)
-        patch.setattr(mgmt_nb.data.normalize_intensity, "__defaults__", (low, 99.0, foreground))
+        patch.setattr(mgmt_nb.data.normalize_intensity, "__defaults__", (low, 99.0, foreground, method, level))
         keys["high percentile"] = volume_cache_path(source, SIZE, tmp_path)
+        patch.setattr(mgmt_nb.data.normalize_intensity, "__defaults__", (low, high, foreground, "percentile", level))
+        keys["normalisation method"] = volume_cache_path(source, SIZE, tmp_path)
+        patch.setattr(mgmt_nb.data.normalize_intensity, "__defaults__", (low, high, foreground, method, 0.5))
+        keys["mode level"] = volume_cache_path(source, SIZE, tmp_path)
     with monkeypatch.context() as patch:
         patch.setattr(mgmt_nb.perfusion, "PERFUSION_VERSION", mgmt_nb.perfusion.PERFUSION_VERSION + 1)
         keys["perfusion version"] = volume_cache_path(dsc, SIZE, tmp_path, derived="rCBV")
