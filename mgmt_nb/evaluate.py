@@ -487,7 +487,10 @@ def load_runs(
             **{key: params.get(key) for key in ("seq", "arch", "image_size", "depth", "epochs")},
             "synthetic": bool(metrics.get("synthetic")) or bool(params.get("synthetic")),
         }
+        excluded = metrics["cohorts"].get("external", {}).get("n_excluded")
         for cohort, entry in metrics["cohorts"].items():
+            if cohort in ("external_all", "external_excluded") and excluded == 0:
+                continue  # the leakage audit excluded nobody, so this entry repeats `external`
             for field in _COHORT_FIELDS:
                 value = entry[field]
                 row[f"{cohort}_{field}"] = math.nan if value is None else value

@@ -379,7 +379,7 @@ def run_sweep(
     for spec in plan:
         run_dir = output_dir / spec["run_name"]
         if (run_dir / "metrics.json").is_file():
-            rows[spec["run_name"]] = {"run_name": spec["run_name"], "status": "skipped", "returncode": None, "seconds": 0.0,
+            rows[spec["run_name"]] = {"run_name": spec["run_name"], "status": "skipped", "returncode": None, "seconds": None,
                                       "gpu": None, "log": str(run_dir / "sweep.log"), "log_tail": ""}
         else:
             pending.append(spec)
