@@ -337,6 +337,7 @@ _REMOVE_OR_EXCLUDE = "Remove the file from the series folder, or exclude the ser
 _DOWNLOAD_AGAIN = "Download the series again, or exclude it from the cohort"
 _CONVERT = "Convert the series to NIfTI, for example with dcm2niix, and pass the .nii.gz file"
 _NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # uncompressed little-endian pixel data
+_DICOM_PREFIX_END = 132  # bytes of the preamble (128) and the 'DICM' prefix (4) that start every DICOM file
 READ_WORKERS = min(8, os.cpu_count() or 1)  # threads that decode the compressed files of one series
 
 
@@ -398,6 +399,11 @@ def _read_dicom(path: Path, stop_before_pixels: bool = False) -> Dataset:
     except PermissionError:
         raise MGMTDataError(path, "permission denied", "Make the file readable (chmod a+r), or exclude the series.") from None
     except InvalidDicomError:
+        if size < _DICOM_PREFIX_END:
+            raise MGMTDataError(
+                path, f"not a DICOM file: {size} bytes, shorter than the 128-byte preamble and 'DICM' prefix, so another kind of file or a truncated slice",
+                "Remove the file from the series folder if it is not an image, or download the series again if it is a truncated slice.",
+            ) from None
         raise MGMTDataError(path, "not a DICOM file (no 'DICM' prefix after the 128-byte preamble)", _REMOVE_OR_EXCLUDE + ".") from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, struct.error) as error:
         raise MGMTDataError(path, f"unreadable DICOM file ({type(error).__name__} in pydicom)", _DOWNLOAD_AGAIN + ".") from error

@@ -27,9 +27,9 @@ from .core import LABEL_COLUMN, SEQUENCES, SYNTHETIC_NOTE, MGMTDataError, logger
 # %% auto #0
 __all__ = ['COHORTS', 'PREDICTION_COLUMNS', 'REAL_DATA_NOTE', 'SEQUENCE_LABELS', 'SELECTION_RULES',
            'PUBLISHED_EXTERNAL_AUC_RANGE', 'auc_ci', 'delong_test', 'delong_ci', 'binary_metrics', 'youden_threshold',
-           'format_auc', 'write_metrics', 'external_metrics', 'load_runs', 'results_table', 'select_model', 'plot_roc',
-           'plot_forest', 'reliability_curve', 'plot_reliability', 'ensemble_mean', 'stack_predictions',
-           'build_ensembles', 'delong_table', 'plot_loss_curves', 'summary_cli']
+           'format_auc', 'write_metrics', 'external_metrics', 'reported_cohorts', 'load_runs', 'results_table',
+           'select_model', 'plot_roc', 'plot_forest', 'reliability_curve', 'plot_reliability', 'ensemble_mean',
+           'stack_predictions', 'build_ensembles', 'delong_table', 'plot_loss_curves', 'summary_cli']
 
 # %% ../nbs/07_evaluate.ipynb #9d083c3d
 COHORTS = ("validation", "external")  # cohort names that training runs write, in display order
@@ -456,6 +456,15 @@ def _cohort_order(names) -> list[str]:
     return [name for name in COHORTS if name in names] + sorted(names - set(COHORTS))
 
 
+def reported_cohorts(
+    cohorts: dict,  # the `cohorts` object of a metrics.json
+) -> list[str]:  # cohort names in report order
+    "List the cohorts of a run in report order, leaving out external_all and external_excluded when the leakage audit excluded nobody."
+    excluded = cohorts.get("external", {}).get("n_excluded")
+    # With nobody excluded, both entries hold the same patients as `external`, and reports would show every figure twice.
+    return [name for name in _cohort_order(cohorts) if not (name in ("external_all", "external_excluded") and excluded == 0)]
+
+
 def load_runs(
     runs_dir,  # folder searched recursively for run folders (folders containing metrics.json), or a list of run folders
 ) -> pd.DataFrame:  # one row per readable run, sorted by run for a folder, in the given order for a list
@@ -487,10 +496,8 @@ def load_runs(
             **{key: params.get(key) for key in ("seq", "arch", "image_size", "depth", "epochs")},
             "synthetic": bool(metrics.get("synthetic")) or bool(params.get("synthetic")),
         }
-        excluded = metrics["cohorts"].get("external", {}).get("n_excluded")
-        for cohort, entry in metrics["cohorts"].items():
-            if cohort in ("external_all", "external_excluded") and excluded == 0:
-                continue  # the leakage audit excluded nobody, so this entry repeats `external`
+        for cohort in reported_cohorts(metrics["cohorts"]):
+            entry = metrics["cohorts"][cohort]
             for field in _COHORT_FIELDS:
                 value = entry[field]
                 row[f"{cohort}_{field}"] = math.nan if value is None else value
@@ -1315,7 +1322,7 @@ def summary_cli(
         label, _ = _run_info(run_dir)
         print(f"{run_dir} ({label})" if label != run_dir.name else str(run_dir))
         source = " (synthetic phantom)" if metrics.get("synthetic") else ""
-        for cohort in _cohort_order(metrics["cohorts"]):
+        for cohort in reported_cohorts(metrics["cohorts"]):
             entry = metrics["cohorts"][cohort]
             print(f"  {cohort}{source}: AUC {format_auc(entry)}, accuracy {_format_fraction(entry['accuracy'])}, n={entry['n']}")
     run_dirs = [run_dir for run_dir, _ in loaded]

@@ -119,6 +119,17 @@ def test_truncated_dicom_file(cohort):
     assert victim.name in str(caught.value)
 
 
+def test_dicom_file_cut_inside_preamble(cohort):
+    folder = first_patient(cohort) / "FLAIR"
+    victim = sorted(folder.iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.raises(MGMTDataError) as caught:
+        read_volume(folder)
+    assert victim.name in str(caught.value)
+    assert "100 bytes, shorter than the 128-byte preamble" in str(caught.value)
+    assert "download the series again" in caught.value.fix
+
+
 def test_bad_series_is_a_listed_skip(cohort):
     folder = first_patient(cohort) / "FLAIR"
     (folder / "stray.bin").write_bytes(b"\x00" * 64)
