@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import concurrent.futures
 import datetime
+import difflib
 import json
 import os
 import queue
@@ -29,7 +31,7 @@ from .train import parse_sequences
 
 # %% auto #0
 __all__ = ['SWEEP_PARAMETERS', 'STATUS_COLUMNS', 'LOG_TAIL_LINES', 'plan_sweep', 'default_notebook', 'run_command', 'SweepReport',
-           'write_sweep_report', 'SweepResult', 'run_sweep', 'sweep_cli']
+           'write_sweep_report', 'SweepResult', 'run_sweep', 'check_notebook_parameters', 'sweep_cli']
 
 # %% ../nbs/09_sweep.ipynb #1d42966b
 SWEEP_PARAMETERS = ("arch", "seq", "seed", "permute_labels", "run_name", "output_dir")  # training parameters the sweep sets for each run
@@ -411,6 +413,51 @@ def run_sweep(
         logger.warning("sweep: no run has finished, so no report was written")
     return SweepResult(status=status, report=report)
 
+# %% ../nbs/09_sweep.ipynb #f3c9a211
+def _papermill_value(text: str):
+    "Convert a -p value as papermill's command line does: True, False, None, int, float, else the text."
+    constants = {"True": True, "False": False, "None": None}
+    if text in constants:
+        return constants[text]
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def check_notebook_parameters(
+    parameters: dict,  # name -> value text, as given with -p
+    notebook=None,  # training notebook; default_notebook() when None
+) -> None:
+    "Raise ValueError for a parameter name the notebook does not declare, or a value that does not match the type of its default."
+    import papermill
+
+    notebook = Path(notebook) if notebook is not None else default_notebook()
+    declared = papermill.inspect_notebook(str(notebook))
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        close = {name: difflib.get_close_matches(name, declared, n=1) for name in unknown}
+        hints = ", ".join(f"{name!r} (did you mean {match[0]!r}?)" if match else repr(name) for name, match in close.items())
+        raise ValueError(f"{notebook.name} has no parameter {hints}; its parameters are {sorted(declared)}")
+    for name, text in parameters.items():
+        try:
+            default = ast.literal_eval(declared[name]["default"])
+        except (ValueError, SyntaxError):
+            continue  # a default that is an expression: papermill checks nothing, so neither does this
+        value = _papermill_value(str(text))
+        if isinstance(default, bool):
+            valid, expected = isinstance(value, bool), "True or False"
+        elif isinstance(default, int):
+            valid, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            valid, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        else:
+            continue  # None and string defaults take any value
+        if not valid:
+            raise ValueError(f"-p {name} {text}: {notebook.name} expects {expected}, like its default {declared[name]['default']}")
+
 # %% ../nbs/09_sweep.ipynb #8f5d1bed
 def sweep_cli(
     argv: list[str] | None = None,  # command line arguments without the program name; sys.argv[1:] when None
@@ -443,9 +490,10 @@ def sweep_cli(
         print("mgmt_nb_sweep: error: a -p parameter is given twice", file=sys.stderr)
         return 2
     try:
+        check_notebook_parameters(parameters, args.notebook)
         plan = plan_sweep(args.archs, args.seqs, include_all=args.all, permutation=args.permutation, seeds=args.seeds, **parameters)
         _parse_gpus(args.gpus)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"mgmt_nb_sweep: error: {error}", file=sys.stderr)
         return 2
     if args.dry_run:

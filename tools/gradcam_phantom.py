@@ -15,7 +15,8 @@ volume:
    methylated class, for the trained model and for a control with random weights;
 3. the same share for the absolute input gradient times the input, a finer attribution than Grad-CAM;
 4. a check for a shortcut that needs no tumour: the mean preprocessed intensity of the brain outside
-   the tumour, and its AUC for the label over the whole cohort.
+   the tumour, and its AUC for the label over the whole cohort, under each normalisation method
+   of `normalize_intensity` (`--shortcut-only` runs this part alone).
 
 All figures come from a synthetic phantom cohort and carry no information about MGMT biology.
 
@@ -58,6 +59,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=12, help="epochs of a new training run")
     parser.add_argument("--phantom-train", type=int, default=80, help="phantom training patients of a new training run")
     parser.add_argument("--no-control", action="store_true", help="skip the control model with random weights")
+    parser.add_argument("--shortcut-only", action="store_true", help="run only part 4, the shortcut check")
     return parser.parse_args(argv)
 
 
@@ -163,23 +165,30 @@ def input_gradient_share(model, volume: np.ndarray, mask: np.ndarray) -> dict:
 
 
 def shortcut_check(cohort_root: Path, sequences: list, size: tuple) -> pd.DataFrame:
-    "Return, per label, the mean preprocessed intensity of the brain outside the tumour, with its AUC for the label over the cohort."
+    "Return, per normalisation method and label, the mean preprocessed intensity of the brain outside the tumour, with its AUC for the label."
     from sklearn.metrics import roc_auc_score
 
+    from mgmt_nb.data import NORMALIZATION_METHODS, crop_dark_border, normalize_intensity, read_volume, resize_volume
     from mgmt_nb.dataloader import cohort_table
-    from mgmt_nb.gradcam import load_patient_inputs
+    from mgmt_nb.gradcam import preprocess_mask, tumour_mask
 
     rows = []
     for _, row in cohort_table(cohort_root, sequences=sequences[:1]).iterrows():
-        volume, masks = load_patient_inputs(row, cohort_root, sequences[:1], size)
-        brain = volume[..., 0] > 0.05  # the background of a preprocessed volume is near 0
-        outside = brain & ~masks[0]
-        rows.append({"label": int(row["MGMT_value"]), "intensity": float(volume[..., 0][outside].mean()), "tumour_share": float(masks[0].mean())})
+        volume = read_volume(row[sequences[0]])
+        mask = tumour_mask(row, cohort_root, volume)
+        mask = preprocess_mask(mask, volume, size) if mask is not None else None
+        for method in NORMALIZATION_METHODS:
+            # preprocess_volume with the given method: crop, normalise, resize, clip
+            data = np.clip(resize_volume(normalize_intensity(crop_dark_border(volume.data), method=method), size), 0.0, 1.0)
+            brain = data > 0.05  # the background of a preprocessed volume is near 0
+            outside = brain & ~mask if mask is not None else brain
+            rows.append({"method": method, "label": int(row["MGMT_value"]), "intensity": float(data[outside].mean())})
     frame = pd.DataFrame(rows)
-    summary = frame.groupby("label").mean().reset_index()
-    summary["AUC of intensity for the label"] = roc_auc_score(frame.label, frame.intensity)
-    summary["AUC of tumour share for the label"] = roc_auc_score(frame.label, frame.tumour_share)
-    return summary.rename(columns={"intensity": "mean intensity outside the tumour", "tumour_share": "tumour volume fraction"})
+    summary = frame.groupby(["method", "label"]).intensity.mean().unstack("label").add_prefix("mean intensity outside the tumour, label ")
+    summary["AUC of that intensity for the label"] = [
+        roc_auc_score(group.label, group.intensity) for _, group in frame.groupby("method")
+    ]
+    return summary.reset_index()
 
 
 def layer_sweep(runs: dict, patients: list, cohort_root: Path, params: dict, threshold: float, layers) -> pd.DataFrame:
@@ -242,6 +251,12 @@ def main(argv=None) -> None:
     if (cohort_root / "labels.csv").is_file():  # the NIfTI layout stores the generator's volumes, calibrated
         difference = check_alignment(cohort_root, patients[0])
         print(f"alignment: FLAIR regenerated with make_patient differs from the NIfTI file of {patients[0]} by at most {difference:.1e} of its maximum")
+
+    if arguments.shortcut_only:
+        size = (params["image_size"], params["image_size"], params["depth"])
+        print_table(f"4. Shortcut check over the whole {arguments.cohort} cohort (SYNTHETIC):", shortcut_check(cohort_root, params["sequences"], size))
+        print(SYNTHETIC_NOTE)
+        return
 
     output = arguments.work_dir / "gradcam"
     table = save_gradcam_montages(run_dir, patients, cohort=arguments.cohort, output_dir=output)
