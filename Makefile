@@ -44,7 +44,7 @@ test: setup
 	$(BIN)/nbdev_export
 	@if [ -n "$$CI" ]; then git diff --exit-code --stat -- mgmt_nb || { echo "mgmt_nb/ differs from nbs/: run nbdev_export and commit the modules."; exit 1; }; fi
 	$(BIN)/nbdev_test --n_workers 2 --do_print
-	$(BIN)/pytest -q -n 2 --dist loadfile tests
+	$(BIN)/pytest -q tests
 
 export:
 	$(BIN)/nbdev_export
