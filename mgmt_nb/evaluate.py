@@ -461,7 +461,7 @@ def reported_cohorts(
 ) -> list[str]:  # cohort names in report order
     "List the cohorts of a run in report order, leaving out external_all and external_excluded when the leakage audit excluded nobody."
     excluded = cohorts.get("external", {}).get("n_excluded")
-    # With nobody excluded, both entries hold the same patients as `external`, and reports would show every figure twice.
+    # When no patient was excluded, both entries hold the same patients as `external`, and reports would show every figure twice.
     return [name for name in _cohort_order(cohorts) if not (name in ("external_all", "external_excluded") and excluded == 0)]
 
 

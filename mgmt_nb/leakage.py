@@ -821,7 +821,7 @@ def _reduce_cohort(volumes, cohort: str, grid, threshold: float, progress: bool,
         ids.append(str(patient))
         names.append(name)
         decimated.append(small)  # about the size of the grid, so a whole cohort fits in memory
-    # The box resampling runs on a stack of volumes at a time; volumes of another shape form their own stack.
+    # The box resampling runs on a stack of volumes at a time, and volumes of another shape form their own stack.
     reduced = np.empty((len(ids), *grid), dtype=np.float32)
     by_shape = {}
     for index, small in enumerate(decimated):
