@@ -5,7 +5,6 @@
 # %% ../nbs/06_leakage.ipynb #b63136f5
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import zipfile

@@ -110,24 +110,26 @@ def test_non_dicom_file_in_series(cohort):
     assert caught.value.fix
 
 
-def test_truncated_dicom_file(cohort):
+def read_with_cut_slice(cohort, size: int):
+    "Cut the first FLAIR slice of the first patient to `size` bytes and return (that file, the MGMTDataError of reading the series)."
     folder = first_patient(cohort) / "FLAIR"
     victim = sorted(folder.iterdir())[0]
-    victim.write_bytes(victim.read_bytes()[:300])
+    victim.write_bytes(victim.read_bytes()[:size])
     with pytest.raises(MGMTDataError) as caught:
         read_volume(folder)
-    assert victim.name in str(caught.value)
+    return victim, caught.value
+
+
+def test_truncated_dicom_file(cohort):
+    victim, error = read_with_cut_slice(cohort, 300)
+    assert victim.name in str(error)
 
 
 def test_dicom_file_cut_inside_preamble(cohort):
-    folder = first_patient(cohort) / "FLAIR"
-    victim = sorted(folder.iterdir())[0]
-    victim.write_bytes(victim.read_bytes()[:100])
-    with pytest.raises(MGMTDataError) as caught:
-        read_volume(folder)
-    assert victim.name in str(caught.value)
-    assert "100 bytes, shorter than the 128-byte preamble" in str(caught.value)
-    assert "download the series again" in caught.value.fix
+    victim, error = read_with_cut_slice(cohort, 100)
+    assert victim.name in str(error)
+    assert "100 bytes, shorter than the 128-byte preamble" in str(error)
+    assert "download the series again" in error.fix
 
 
 def test_bad_series_is_a_listed_skip(cohort):

@@ -28,7 +28,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
 import pandas as pd
 
 SEQUENCES = ["FLAIR", "T1w", "T1wCE", "T2w"]
