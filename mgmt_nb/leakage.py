@@ -603,8 +603,10 @@ def _box_resample(
     n = len(decimated)
     low, high = decimated.min(axis=(1, 2, 3)), decimated.max(axis=(1, 2, 3))
     valid = np.isfinite(low) & np.isfinite(high) & (low >= -1e-6) & (high <= 1 + 1e-6) & (high > low)
-    for index in np.flatnonzero(~valid)[:1]:
-        _check_decimated_range(float(low[index]), float(high[index]), factors, names[index])
+    invalid = np.flatnonzero(~valid)
+    if invalid.size:  # raises for the first invalid volume
+        first = invalid[0]
+        _check_decimated_range(float(low[first]), float(high[first]), factors, names[first])
     # Measured from the minimum, so a background lifted by an offset does not enter the mask.
     brain = decimated > (low + threshold * (high - low))[:, None, None, None]
 
@@ -811,15 +813,16 @@ def _reduce_cohort(volumes, cohort: str, grid, threshold: float, progress: bool,
     if not isinstance(volumes, Mapping) or not volumes:
         raise ValueError(f"{cohort} volumes must be a non-empty dict of patient id -> volume or cache path, got {type(volumes).__name__}.")
     grid = _check_reduce_arguments(grid, threshold)
-    ids, names, decimated, factors = [], [], [], {}
+    ids, names, decimated, factors = [], [], [], []
     for patient, volume in tqdm(volumes.items(), total=len(volumes), desc=f"{sequence} {cohort} signatures", disable=not progress):
         if isinstance(volume, (str, os.PathLike)):
             volume = _load_volume(volume)
         name = f"{cohort} volume {patient!r}"
-        small, factors[len(ids)] = _decimate(_check_volume_shape(volume, name), grid)
+        small, volume_factors = _decimate(_check_volume_shape(volume, name), grid)
         ids.append(str(patient))
         names.append(name)
         decimated.append(small)  # about the size of the grid, so a whole cohort fits in memory
+        factors.append(volume_factors)
     # The box resampling runs on a stack of volumes at a time, and volumes of another shape form their own stack.
     reduced = np.empty((len(ids), *grid), dtype=np.float32)
     by_shape = {}
