@@ -895,7 +895,7 @@ def crop_dark_border(
     return data[dark_border_box(data, threshold)].copy()
 
 # %% ../nbs/01_data.ipynb #ba01d95f
-NORMALIZATION_METHODS = ("mode", "percentile")
+NORMALIZATION_METHODS = ("interquartile", "mode", "percentile")
 MODE_BINS = 256  # histogram bins between the `low` and `high` foreground percentiles
 MODE_SMOOTHING_BINS = 3.0  # Gaussian sigma, in bins, applied to the histogram before its peak is taken
 
@@ -905,10 +905,10 @@ def normalize_intensity(
     low: float = 0.5,  # lower foreground percentile, mapped to 0
     high: float = 99.5,  # upper foreground percentile: mapped to 1 by "percentile", top of the histogram for "mode"
     foreground_fraction: float = 0.1,  # foreground = voxels above this fraction of the volume's 99.5th percentile
-    method: str = "mode",  # "mode": the histogram peak maps to `mode_level`; "percentile": `high` maps to 1 (the thesis)
-    mode_level: float = 0.4,  # value of the foreground histogram's peak with method="mode"
+    method: str = "interquartile",  # "interquartile" or "mode": the foreground's interquartile mean or histogram peak maps to `reference_level`; "percentile": `high` maps to 1 (the thesis)
+    reference_level: float = 0.4,  # value of the reference intensity (interquartile mean or histogram peak)
 ) -> np.ndarray:
-    "Scale a volume (x, y, z) to [0, 1] from its foreground's lower percentile and histogram peak (or upper percentile); returns float32."
+    "Scale a volume (x, y, z) to [0, 1] from its foreground's lower percentile and interquartile mean (or histogram peak, or upper percentile); returns float32."
     data = _as_3d(data)
     if not 0 <= low < high <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}.")
@@ -916,8 +916,8 @@ def normalize_intensity(
         raise ValueError(f"foreground_fraction must be in [0, 1), got {foreground_fraction}.")
     if method not in NORMALIZATION_METHODS:
         raise ValueError(f"method must be one of {NORMALIZATION_METHODS}, got {method!r}.")
-    if not 0 < mode_level <= 1:
-        raise ValueError(f"mode_level must be in (0, 1], got {mode_level}.")
+    if not 0 < reference_level <= 1:
+        raise ValueError(f"reference_level must be in (0, 1], got {reference_level}.")
     # Background noise and air would pull the lower percentile towards 0 by different amounts in
     # different scanners, so only voxels clearly above the background count.
     floor = max(foreground_fraction * float(np.percentile(data, 99.5)), 0.0)
@@ -933,10 +933,19 @@ def normalize_intensity(
     if method == "percentile":
         scaled = (np.clip(data, lower, upper) - lower) / (upper - lower)
         return scaled.astype(np.float32)
-    counts, edges = np.histogram(foreground, bins=MODE_BINS, range=(float(lower), float(upper)))
-    peak = int(np.argmax(ndimage.gaussian_filter1d(counts.astype(np.float64), MODE_SMOOTHING_BINS, mode="constant")))
-    mode = 0.5 * (edges[peak] + edges[peak + 1])
-    scaled = (np.asarray(data, dtype=np.float64) - lower) * (mode_level / (mode - lower))
+    if method == "interquartile":
+        first, third = np.percentile(foreground, [25, 75])
+        reference = float(foreground[(foreground >= first) & (foreground <= third)].mean())
+    else:
+        counts, edges = np.histogram(foreground, bins=MODE_BINS, range=(float(lower), float(upper)))
+        peak = int(np.argmax(ndimage.gaussian_filter1d(counts.astype(np.float64), MODE_SMOOTHING_BINS, mode="constant")))
+        reference = 0.5 * (edges[peak] + edges[peak + 1])
+    if not reference > lower:
+        raise ValueError(
+            f"the foreground {method} ({reference:g}) does not exceed its {low} percentile, so the series has almost "
+            "no contrast and is blank or corrupted. Exclude it."
+        )
+    scaled = (np.asarray(data, dtype=np.float64) - lower) * (reference_level / (reference - lower))
     return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 
 # %% ../nbs/01_data.ipynb #74df2643

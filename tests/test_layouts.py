@@ -232,7 +232,7 @@ def test_cache_key_changes_with_each_parameter(monkeypatch, cohorts, tmp_path):
         patch.setattr(mgmt_nb.data.normalize_intensity, "__defaults__", (low, high, foreground, "percentile", level))
         keys["normalisation method"] = volume_cache_path(source, SIZE, tmp_path)
         patch.setattr(mgmt_nb.data.normalize_intensity, "__defaults__", (low, high, foreground, method, 0.5))
-        keys["mode level"] = volume_cache_path(source, SIZE, tmp_path)
+        keys["reference level"] = volume_cache_path(source, SIZE, tmp_path)
     with monkeypatch.context() as patch:
         patch.setattr(mgmt_nb.perfusion, "PERFUSION_VERSION", mgmt_nb.perfusion.PERFUSION_VERSION + 1)
         keys["perfusion version"] = volume_cache_path(dsc, SIZE, tmp_path, derived="rCBV")
