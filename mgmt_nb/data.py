@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 from .core import MGMTDataError, logger
 
 # %% auto #0
-__all__ = ['as_ras', 'PLANE_COSINES', 'UINT16_MAX', 'READ_WORKERS', 'NORMALIZATION_METHODS', 'MODE_BINS', 'MODE_SMOOTHING_BINS',
-           'Volume', 'write_dicom_series', 'write_nifti', 'read_dicom_series', 'read_nifti', 'read_volume',
-           'dark_border_box', 'crop_dark_border', 'normalize_intensity', 'resize_volume', 'preprocess_volume']
+__all__ = ['as_ras', 'PLANE_COSINES', 'UINT16_MAX', 'READ_WORKERS', 'NORMALIZATION_METHODS', 'REFERENCE_NAMES', 'MODE_BINS',
+           'MODE_SMOOTHING_BINS', 'Volume', 'write_dicom_series', 'write_nifti', 'read_dicom_series', 'read_nifti',
+           'read_volume', 'dark_border_box', 'crop_dark_border', 'normalize_intensity', 'resize_volume',
+           'preprocess_volume']
 
 # %% ../nbs/01_data.ipynb #62e60361
 @dataclass(repr=False)
@@ -896,6 +897,7 @@ def crop_dark_border(
 
 # %% ../nbs/01_data.ipynb #ba01d95f
 NORMALIZATION_METHODS = ("interquartile", "mode", "percentile")
+REFERENCE_NAMES = {"interquartile": "interquartile mean", "mode": "histogram peak"}  # reference intensity of each scaling method
 MODE_BINS = 256  # histogram bins between the `low` and `high` foreground percentiles
 MODE_SMOOTHING_BINS = 3.0  # Gaussian sigma, in bins, applied to the histogram before its peak is taken
 
@@ -905,7 +907,7 @@ def normalize_intensity(
     low: float = 0.5,  # lower foreground percentile, mapped to 0
     high: float = 99.5,  # upper foreground percentile: mapped to 1 by "percentile", top of the histogram for "mode"
     foreground_fraction: float = 0.1,  # foreground = voxels above this fraction of the volume's 99.5th percentile
-    method: str = "interquartile",  # "interquartile" or "mode": the foreground's interquartile mean or histogram peak maps to `reference_level`; "percentile": `high` maps to 1 (the thesis)
+    method: str = "interquartile",  # "interquartile" or "mode": the foreground's interquartile mean or histogram peak maps to `reference_level`. "percentile": `high` maps to 1 (the thesis)
     reference_level: float = 0.4,  # value of the reference intensity (interquartile mean or histogram peak)
 ) -> np.ndarray:
     "Scale a volume (x, y, z) to [0, 1] from its foreground's lower percentile and interquartile mean (or histogram peak, or upper percentile); returns float32."
@@ -942,7 +944,7 @@ def normalize_intensity(
         reference = 0.5 * (edges[peak] + edges[peak + 1])
     if not reference > lower:
         raise ValueError(
-            f"the foreground {method} ({reference:g}) does not exceed its {low} percentile, so the series has almost "
+            f"the foreground's {REFERENCE_NAMES[method]} ({reference:g}) does not exceed its {low} percentile, so the series has almost "
             "no contrast and is blank or corrupted. Exclude it."
         )
     scaled = (np.asarray(data, dtype=np.float64) - lower) * (reference_level / (reference - lower))
