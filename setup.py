@@ -12,10 +12,10 @@ missing = [key for key in required if key not in cfg]
 if missing:
     raise SystemExit(f"settings.ini is missing {missing}; add them under [DEFAULT].")
 
-licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
+licenses = {"apache2": "Apache-2.0"}  # SPDX expressions, which setuptools 77 and later expect in place of licence classifiers
 statuses = ["Planning", "Pre-Alpha", "Alpha", "Beta", "Production/Stable", "Mature", "Inactive"]
 python_versions = ["3.10", "3.11", "3.12"]
-license_name, license_classifier = licenses[cfg["license"]]
+license_expression = licenses[cfg["license"]]
 min_python = cfg["min_python"]
 
 requirements = cfg.get("requirements", "").split()
@@ -28,11 +28,10 @@ with open("README.md", encoding="utf-8") as readme:
 setuptools.setup(
     name=cfg["lib_name"],
     version=cfg["version"],
-    license=license_name,
+    license=license_expression,
     classifiers=[
         f"Development Status :: {cfg['status']} - {statuses[int(cfg['status'])]}",
         f"Intended Audience :: {cfg['audience']}",
-        f"License :: {license_classifier}",
         f"Natural Language :: {cfg['language']}",
         "Topic :: Scientific/Engineering :: Medical Science Apps.",
     ]

@@ -21,13 +21,15 @@ from .core import LABEL_COLUMN, PHANTOM_MARKER, SYNTHETIC_NOTE, MGMTDataError, l
 from .data import Volume, dark_border_box, read_volume
 
 # %% auto #0
-__all__ = ['TARGETS', 'MIN_DRAWN_VALUE', 'PLANES', 'gradcam_layer', 'layers_by_resolution', 'upsample_map', 'compute_grad_cam',
-           'grad_cam', 'preprocess_mask', 'resample_mask', 'phantom_tumour_masks', 'cam_mass_fraction', 'plot_gradcam',
-           'load_run_model', 'confident_correct', 'tumour_mask', 'load_patient_inputs', 'save_gradcam_montages']
+__all__ = ['TARGETS', 'MIN_MAP_CELLS', 'MIN_DRAWN_VALUE', 'PLANES', 'gradcam_layer', 'layers_by_resolution', 'upsample_map',
+           'compute_grad_cam', 'grad_cam', 'preprocess_mask', 'resample_mask', 'phantom_tumour_masks',
+           'cam_mass_fraction', 'plot_gradcam', 'load_run_model', 'confident_correct', 'tumour_mask',
+           'load_patient_inputs', 'save_gradcam_montages']
 
 # %% ../nbs/08_gradcam.ipynb #6a1cf3dc
 TARGETS = ("methylated", "unmethylated")  # classes a map can explain; "unmethylated" uses the negated logit
 _SHIFTED_GRID_LAYERS = (keras.layers.ZeroPadding3D, keras.layers.Cropping3D)  # their output grid is offset from the input's
+MIN_MAP_CELLS = 8  # cells along x and y that the default layer's map needs at least
 
 
 def _nested_models(model: keras.Model) -> list:
@@ -46,7 +48,7 @@ def _is_feature_map(layer) -> bool:
 
 
 def _default_layer(model: keras.Model):
-    "Return (container, layer): the backbone's last 5D layer with at least 2 voxels along each axis."
+    "Return (container, layer): the backbone's deepest 5D layer with MIN_MAP_CELLS cells along x and y and 2 along z."
     backbones = [nested for nested in _nested_models(model) if any(_is_feature_map(layer) for layer in nested.layers)]
     container = backbones[-1] if backbones else model
     feature_layers = [layer for layer in container.layers if _is_feature_map(layer)]
@@ -55,8 +57,10 @@ def _default_layer(model: keras.Model):
             f"model {model.name!r} has no layer with a 5D (batch, x, y, z, channels) output, so Grad-CAM has no "
             "feature map to weigh. Pass a 3D convolutional network, such as one from build_model."
         )
-    resolved = [layer for layer in feature_layers if min(_output_shape(layer)[1:4]) >= 2]
-    return container, (resolved or feature_layers)[-1]
+    sizes = {layer.name: _output_shape(layer)[1:4] for layer in feature_layers}
+    fine = [layer for layer in feature_layers if min(sizes[layer.name][:2]) >= MIN_MAP_CELLS and sizes[layer.name][2] >= 2]
+    resolved = [layer for layer in feature_layers if min(sizes[layer.name]) >= 2]
+    return container, (fine or resolved or feature_layers)[-1]
 
 
 def _named_layer(model: keras.Model, name: str):
