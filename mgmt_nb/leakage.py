@@ -1074,6 +1074,8 @@ def _write_summary(path: Path, synthetic: bool, counts: dict, thresholds: dict, 
         "## Image audit",
         "",
         "A candidate pair is flagged when its residual NCC and its NMI both reach the thresholds of its sequence.",
+        "The residual NCC is the normalised cross-correlation of two volume signatures after the mean training signature is projected out of both,",
+        "so anatomy that every brain shares does not count as similarity. NMI is the normalised mutual information of the two volumes.",
         "The default thresholds were set on synthetic phantom duplicates and are not calibrated on real scans.",
         "",
         "| sequence | NCC threshold | NMI threshold | external volumes | training volumes | flagged pairs |",
@@ -1083,7 +1085,11 @@ def _write_summary(path: Path, synthetic: bool, counts: dict, thresholds: dict, 
         lines.append(
             f"| {sequence} | {values['ncc']:.2f} | {values['nmi']:.2f} | {counts['external_' + sequence]} | {counts['train_' + sequence]} | {counts['flagged_' + sequence]} |"
         )
-    lines += ["", "## Flagged external patients", "", f"{len(flagged)} external patients are flagged; see flagged_patients.csv.", ""]
+    lines += ["", "## Flagged external patients", ""]
+    if len(flagged):
+        lines += [f"{len(flagged)} external patients are flagged. flagged_patients.csv lists them with the reasons and the matching training patients.", ""]
+    else:
+        lines += ["No external patient is flagged. flagged_patients.csv has the column names only.", ""]
     path.write_text("\n".join(lines))
 
 

@@ -11,8 +11,8 @@ of the map's mass inside the tumour (enhancing + core + oedema) next to the tumo
 volume:
 
 1. montages and a per-patient table at grad_cam's default layer (map of the predicted class);
-2. a sweep over one layer per resolution (`layers_by_resolution`), for the predicted class and the
-   methylated class, for the trained model and for a control with random weights;
+2. a sweep over one layer per resolution (`layers_by_resolution`), for the predicted class and for
+   each class, for the trained model and for a control with random weights;
 3. the same share for the absolute input gradient times the input, a finer attribution than Grad-CAM;
 4. a check for a shortcut that needs no tumour: the mean preprocessed intensity of the brain outside
    the tumour, and its AUC for the label over the whole cohort, under each normalisation method
@@ -204,7 +204,7 @@ def layer_sweep(runs: dict, patients: list, cohort_root: Path, params: dict, thr
         model, _ = load_run_model(folder)
         sizes = layers_by_resolution(model)
         for layer in layers or list(sizes):
-            for target in ("predicted", "methylated"):
+            for target in ("predicted", "methylated", "unmethylated"):
                 shares = []
                 for patient_id, (volume, masks) in inputs.items():
                     probability = float(np.asarray(model(volume[None], training=False)).reshape(-1)[0])
