@@ -17,7 +17,7 @@ DEMO_PARAMS := -p arch resnet18 -p image_size 64 -p depth 32 -p epochs 20 -p pat
 # started again. SWEEP_EXTRA adds options, for example
 # SWEEP_EXTRA="--permutation", or SWEEP_EXTRA="-p phantom_signal 0 --output runs/sweep_nosignal"
 # (a later --output replaces the first, and a sweep rejects a folder trained with other parameters).
-SWEEP_ARGS := --archs resnet18 resnet34 densenet121 --seqs FLAIR T1w T1wCE T2w --all --workers 1 --output runs/sweep -p image_size 64 -p depth 32 -p epochs 10 -p patience 5 -p learning_rate 3e-4 -p batch_size 8
+SWEEP_ARGS := --archs resnet18 resnet34 densenet121 --seqs FLAIR T1w T1wCE T2w --all --workers 1 --output runs/sweep -p image_size 48 -p depth 24 -p epochs 10 -p patience 5 -p learning_rate 3e-4 -p batch_size 8
 
 .PHONY: setup demo sweep test export clean docs
 

@@ -53,8 +53,20 @@ def run_training(output_dir: Path, run_name: str, cache_root: Path, cwd: Path = 
 
 @pytest.fixture(scope="session")
 def phantom_run(tmp_path_factory, cache_root, phantom_pair):
-    "One short training run on the phantom cohort, shared by the end-to-end tests."
+    """One short training run on the phantom cohort, shared by the end-to-end tests.
+
+    It runs as a user outside the repository would, on a copy of the training cohort whose first
+    patient lacks the FLAIR series, so that one run checks both cases besides the files it writes.
+    """
     output_dir = tmp_path_factory.mktemp("runs")
-    result = run_training(output_dir, "phantom", cache_root)
+    cohort = output_dir / "cohort"
+    shutil.copytree(phantom_pair[0], cohort)
+    missing = sorted((cohort / "train").iterdir())[0] / "FLAIR"
+    shutil.rmtree(missing)
+    outside = output_dir / "elsewhere"
+    outside.mkdir()
+    result = run_training(output_dir, "phantom", cache_root, cwd=outside, data_dir=cohort, external_dir=phantom_pair[1])
     assert result.returncode == 0, result.stderr[-4000:]
-    return output_dir / "phantom"
+    run_dir = output_dir / "phantom"
+    (run_dir.parent / "fixture.json").write_text(json.dumps({"cwd": str(outside), "missing_series": str(missing)}))
+    return run_dir

@@ -9,7 +9,6 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid

@@ -1,4 +1,7 @@
-"""The sweep command and the k-fold and label-permutation modes of the training notebook, run through papermill."""
+"""The sweep command and the k-fold and label-permutation modes of the training notebook, run through papermill.
+
+A tiny sweep with a failing run, its resume and its report run as tests in nbs/09_sweep.ipynb.
+"""
 import json
 import subprocess
 import sys
@@ -7,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_training
-from mgmt_nb.sweep import plan_sweep, run_sweep
+from mgmt_nb.sweep import plan_sweep
 
 # Tiny runs on the phantom_pair cohort: the seed and patient counts match conftest's phantom_pair, so
 # every run reads the cohort that the fixture generated.
@@ -47,71 +50,6 @@ def test_plan_rejects_fixed_parameters():
         plan_sweep(["resnet18"], ["FLAIR"], arch="resnet34")
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, phantom_pair):
-    "A sweep of resnet18 on FLAIR and T2w plus a run with an unknown architecture, two runs at a time."
-    output_dir = tmp_path_factory.mktemp("sweep")
-    plan = plan_sweep(["resnet18"], ["FLAIR", "T2w"], include_all=False, seeds=(SEED,), **TINY)
-    plan += plan_sweep(["resnet9000"], ["FLAIR"], include_all=False, seeds=(SEED,), **TINY)
-    result = run_sweep(plan, output_dir, workers=2, n_boot=200, progress=False)
-    return plan, output_dir, result
-
-
-def test_sweep_finishes_good_runs(sweep):
-    _, output_dir, result = sweep
-    assert result.status.status.tolist() == ["finished", "finished", "failed"]
-    for name in ("resnet18-FLAIR-seed5", "resnet18-T2w-seed5"):
-        assert (output_dir / name / "metrics.json").is_file()
-        assert (output_dir / name / "05_train.ipynb").is_file()
-        params = json.loads((output_dir / name / "params.json").read_text())
-        assert params["image_size"] == 16
-        assert params["permute_labels"] is False
-
-
-def test_failed_run_is_reported(sweep):
-    _, output_dir, result = sweep
-    assert result.failed == ["resnet9000-FLAIR-seed5"]
-    row = result.status.set_index("run_name").loc["resnet9000-FLAIR-seed5"]
-    assert row.returncode == 1
-    assert "arch='resnet9000' is not a known backbone" in row.log_tail
-    saved = pd.read_csv(output_dir / "sweep_status.csv")
-    assert saved.status.tolist() == ["finished", "finished", "failed"]
-    assert "resnet9000" in saved.log_tail.iloc[2]
-
-
-def test_sweep_writes_report(sweep):
-    _, output_dir, result = sweep
-    assert (output_dir / "forest.png").stat().st_size > 10_000
-    report = (output_dir / "results.md").read_text()
-    assert "SYNTHETIC DATA" in report
-    assert "| architecture |" in report
-    assert result.report.selection in report
-    assert "read after the choice" in report
-    for kind in ("mean", "stacked"):
-        assert (output_dir / "ensembles" / f"seed{SEED}" / f"resnet18-ensemble-{kind}" / "metrics.json").is_file()
-    sequences = result.report.table.columns.get_level_values(0).unique().tolist()
-    assert sequences == ["FLAIR", "T2w", "ensemble (mean)", "ensemble (stacked)"]
-    assert list(result.report.table.index) == ["resnet18"]
-
-
-def test_resume_skips_finished_runs(sweep):
-    plan, output_dir, _ = sweep
-    finished_files = [output_dir / name / file for name in ("resnet18-FLAIR-seed5", "resnet18-T2w-seed5")
-                      for file in ("metrics.json", "best.weights.h5", "05_train.ipynb")]
-    before = {path: path.stat().st_mtime_ns for path in finished_files}
-    result = run_sweep(plan, output_dir, workers=2, n_boot=200, progress=False)
-    assert result.status.status.tolist() == ["skipped", "skipped", "failed"]
-    assert {path: path.stat().st_mtime_ns for path in finished_files} == before
-    assert (output_dir / "resnet9000-FLAIR-seed5" / "sweep.log").read_text().count("\n=== ") == 2
-
-
-def test_sweep_rejects_changed_parameters(sweep):
-    _, output_dir, _ = sweep
-    changed = plan_sweep(["resnet18"], ["FLAIR"], include_all=False, seeds=(SEED,), **{**TINY, "epochs": 2})
-    with pytest.raises(ValueError, match=r"resnet18-FLAIR-seed5 \(epochs: 1 -> 2\)"):
-        run_sweep(changed, output_dir, progress=False)
-
-
 def test_sweep_module_runs_as_command(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mgmt_nb.sweep", "--archs", "resnet18", "--seqs", "FLAIR", "T2w", "--all", "--permutation",
@@ -127,9 +65,9 @@ def test_sweep_module_runs_as_command(tmp_path):
 
 @pytest.fixture(scope="module")
 def kfold_run(tmp_path_factory, cache_root, phantom_pair):
-    "A 2-fold run of the training notebook; test_kfold_run_resumes_unfinished_fold runs it again."
+    "A 2-fold label-permutation control run of the training notebook; test_kfold_run_resumes_unfinished_fold runs it again."
     output_dir = tmp_path_factory.mktemp("kfold")
-    result = run_training(output_dir, "kfold", cache_root, validation="kfold", folds=2, seed=SEED, **TINY)
+    result = run_training(output_dir, "kfold", cache_root, validation="kfold", folds=2, permute_labels=True, seed=SEED, **TINY)
     assert result.returncode == 0, result.stderr[-4000:]
     return output_dir / "kfold"
 
@@ -144,7 +82,6 @@ def test_kfold_run_predicts_every_patient_once(kfold_run, phantom_pair):
     assert not oof.patient_id.duplicated().any()
     assert sorted(oof.patient_id) == sorted(set(labels.index) - training_skipped)
     assert sorted(oof.fold.unique()) == [0, 1]
-    assert (oof.set_index("patient_id").MGMT_value == labels.loc[oof.patient_id]).all()
     validation = pd.read_csv(run_dir / "predictions_validation.csv", dtype={"patient_id": str})
     pd.testing.assert_frame_equal(validation, oof)
 
@@ -161,27 +98,8 @@ def test_kfold_run_predicts_every_patient_once(kfold_run, phantom_pair):
             assert (run_dir / f"fold_{fold}" / name).is_file(), (fold, name)
 
 
-def test_kfold_run_resumes_unfinished_fold(kfold_run, cache_root):
+def test_permutation_run_records_flag(kfold_run, phantom_pair):
     run_dir = kfold_run
-    kept = run_dir / "fold_0" / "best.weights.h5"
-    kept_time = kept.stat().st_mtime_ns
-    (run_dir / "fold_1" / "predictions_validation.csv").unlink()  # fold 1 now looks unfinished
-    (run_dir / "metrics.json").unlink()
-
-    second = run_training(run_dir.parent, "kfold", cache_root, validation="kfold", folds=2, seed=SEED, **TINY)
-    assert second.returncode == 0, second.stderr[-4000:]
-    assert kept.stat().st_mtime_ns == kept_time
-    assert (run_dir / "fold_1" / "predictions_validation.csv").is_file()
-    assert (run_dir / "metrics.json").is_file()
-    executed = (run_dir.parent / "kfold.ipynb").read_text()
-    assert "fold_0: finished earlier, reading its predictions" in executed
-    assert "fold_1: finished earlier" not in executed
-
-
-def test_permutation_run_records_flag(tmp_path, cache_root, phantom_pair):
-    result = run_training(tmp_path, "permuted", cache_root, permute_labels=True, validation="kfold", folds=2, seed=SEED, **TINY)
-    assert result.returncode == 0, result.stderr[-4000:]
-    run_dir = tmp_path / "permuted"
     params = json.loads((run_dir / "params.json").read_text())
     assert params["permute_labels"] is True
 
@@ -192,4 +110,21 @@ def test_permutation_run_records_flag(tmp_path, cache_root, phantom_pair):
     external = pd.read_csv(run_dir / "predictions_external.csv", dtype={"patient_id": str}).set_index("patient_id")
     external_truth = read_labels(phantom_pair[1] / "labels.csv", "patient_id").loc[external.index]
     assert (external.MGMT_value == external_truth).all(), "external labels stay true"
-    assert "PERMUTATION CONTROL" in (tmp_path / "permuted.ipynb").read_text()
+    assert "PERMUTATION CONTROL" in (run_dir.parent / "kfold.ipynb").read_text()
+
+
+def test_kfold_run_resumes_unfinished_fold(kfold_run, cache_root):
+    run_dir = kfold_run
+    kept = run_dir / "fold_0" / "best.weights.h5"
+    kept_time = kept.stat().st_mtime_ns
+    (run_dir / "fold_1" / "predictions_validation.csv").unlink()  # fold 1 now looks unfinished
+    (run_dir / "metrics.json").unlink()
+
+    second = run_training(run_dir.parent, "kfold", cache_root, validation="kfold", folds=2, permute_labels=True, seed=SEED, **TINY)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert kept.stat().st_mtime_ns == kept_time
+    assert (run_dir / "fold_1" / "predictions_validation.csv").is_file()
+    assert (run_dir / "metrics.json").is_file()
+    executed = (run_dir.parent / "kfold.ipynb").read_text()
+    assert "fold_0: finished earlier, reading its predictions" in executed
+    assert "fold_1: finished earlier" not in executed
