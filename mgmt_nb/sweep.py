@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -30,8 +31,9 @@ from .evaluate import _chance_statement, results_table, select_model
 from .train import parse_sequences
 
 # %% auto #0
-__all__ = ['SWEEP_PARAMETERS', 'STATUS_COLUMNS', 'LOG_TAIL_LINES', 'plan_sweep', 'default_notebook', 'run_command', 'SweepReport',
-           'write_sweep_report', 'SweepResult', 'run_sweep', 'check_notebook_parameters', 'sweep_cli']
+__all__ = ['SWEEP_PARAMETERS', 'STATUS_COLUMNS', 'LOG_TAIL_LINES', 'STOP_GRACE_SECONDS', 'plan_sweep', 'default_notebook',
+           'run_command', 'SweepReport', 'write_sweep_report', 'SweepResult', 'run_sweep', 'check_notebook_parameters',
+           'sweep_cli']
 
 # %% ../nbs/09_sweep.ipynb #1d42966b
 SWEEP_PARAMETERS = ("arch", "seq", "seed", "permute_labels", "run_name", "output_dir")  # training parameters the sweep sets for each run
@@ -121,6 +123,7 @@ def run_command(
 # %% ../nbs/09_sweep.ipynb #1924e700
 STATUS_COLUMNS = ["run_name", "status", "returncode", "seconds", "gpu", "log", "log_tail"]  # columns of sweep_status.csv
 LOG_TAIL_LINES = 15  # lines of a failed run's log kept in the status table
+STOP_GRACE_SECONDS = 30  # after an interrupt, how long a run may take to stop on SIGINT before it is killed
 
 
 def _spec_record(spec: dict) -> dict:
@@ -170,8 +173,10 @@ def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
-def _execute_run(spec: dict, output_dir: Path, notebook: Path, python: str, gpu_pool: queue.Queue | None) -> dict:
-    "Execute one run with papermill in a subprocess and return its status row."
+def _execute_run(
+    spec: dict, output_dir: Path, notebook: Path, python: str, gpu_pool: queue.Queue | None, running: dict | None = None,
+) -> dict:
+    "Execute one run with papermill in a subprocess (its own process group, listed in `running` while it runs) and return its status row."
     run_dir = output_dir / spec["run_name"]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "sweep_spec.json").write_text(json.dumps(_spec_record(spec), indent=2))
@@ -188,7 +193,15 @@ def _execute_run(spec: dict, output_dir: Path, notebook: Path, python: str, gpu_
         with log_path.open("a") as log:  # appended, so the log keeps every attempt of a resumed run
             log.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')}: {shlex.join(command)}\n")
             log.flush()
-            returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment).returncode
+            # A process group of its own, so an interrupt stops papermill and its kernel together.
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment, start_new_session=True)
+            if running is not None:
+                running[spec["run_name"]] = process
+            try:
+                returncode = process.wait()
+            finally:
+                if running is not None:
+                    running.pop(spec["run_name"], None)
     except OSError as error:
         returncode = None
         with log_path.open("a") as log:
@@ -347,6 +360,34 @@ class SweepResult:
         return self.status.run_name[self.status.status == "failed"].tolist()
 
 
+def _status_frame(rows: dict, names: list[str]) -> pd.DataFrame:
+    "Return the status table in plan order."
+    return pd.DataFrame([rows[name] for name in names], columns=STATUS_COLUMNS).astype({"returncode": "Int64"})
+
+
+def _stop_runs(running: dict, grace: float = STOP_GRACE_SECONDS) -> list[str]:
+    "Send SIGINT to the process group of every running run, kill the groups still alive after `grace` seconds; return their run names."
+    processes = dict(running)
+    for process in processes.values():
+        _signal_group(process, signal.SIGINT)  # what Ctrl-C sends: papermill then shuts its kernel down
+    deadline = time.monotonic() + grace
+    for name, process in processes.items():
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("sweep: run %s did not stop within %.0f s of SIGINT, so its process group is killed", name, grace)
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+    return list(processes)
+
+
+def _signal_group(process: subprocess.Popen, signal_number: int) -> None:
+    try:
+        os.killpg(process.pid, signal_number)
+    except ProcessLookupError:  # the group has exited already
+        pass
+
+
 def run_sweep(
     plan: list[dict],  # run specs from plan_sweep
     output_dir,  # sweep folder; created when missing
@@ -392,16 +433,36 @@ def run_sweep(
         gpu_pool = queue.Queue()
         for gpu in gpu_ids:
             gpu_pool.put(gpu)
-    with tqdm(total=len(plan), initial=len(rows), desc="sweep", unit="run", disable=not progress) as bar:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as executor:
-            futures = [executor.submit(_execute_run, spec, output_dir, notebook, python, gpu_pool) for spec in pending]
+    running = {}  # run name -> papermill process, filled by the worker threads
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+    try:
+        with tqdm(total=len(plan), initial=len(rows), desc="sweep", unit="run", disable=not progress) as bar:
+            futures = [executor.submit(_execute_run, spec, output_dir, notebook, python, gpu_pool, running) for spec in pending]
             for future in concurrent.futures.as_completed(futures):
                 row = future.result()
                 rows[row["run_name"]] = row
                 bar.update(1)
                 bar.set_postfix(failed=sum(r["status"] == "failed" for r in rows.values()))
+    except KeyboardInterrupt:
+        executor.shutdown(wait=False, cancel_futures=True)
+        stopped = _stop_runs(running)
+        for spec in pending:
+            if spec["run_name"] not in rows:
+                state = "interrupted" if spec["run_name"] in stopped else "not started"
+                rows[spec["run_name"]] = {"run_name": spec["run_name"], "status": state, "returncode": None, "seconds": None,
+                                          "gpu": None, "log": str(output_dir / spec["run_name"] / "sweep.log"), "log_tail": ""}
+        _status_frame(rows, names).to_csv(output_dir / "sweep_status.csv", index=False)
+        logger.warning(
+            "sweep interrupted: %d runs finished or skipped, %d stopped, %d not started, as sweep_status.csv lists. "
+            "Run the same command again to resume: a stopped run continues from its last finished epoch.",
+            sum(row["status"] in ("finished", "skipped") for row in rows.values()), len(stopped),
+            sum(row["status"] == "not started" for row in rows.values()),
+        )
+        raise
+    finally:
+        executor.shutdown(wait=True)
 
-    status = pd.DataFrame([rows[name] for name in names], columns=STATUS_COLUMNS).astype({"returncode": "Int64"})
+    status = _status_frame(rows, names)
     status.to_csv(output_dir / "sweep_status.csv", index=False)
     failed = status[status.status == "failed"]
     if len(failed):
@@ -461,7 +522,7 @@ def check_notebook_parameters(
 # %% ../nbs/09_sweep.ipynb #8f5d1bed
 def sweep_cli(
     argv: list[str] | None = None,  # command line arguments without the program name; sys.argv[1:] when None
-) -> int:  # exit status: 0 when no run failed, 1 when a run failed, 2 for invalid arguments
+) -> int:  # exit status: 0 when no run failed, 1 when a run failed, 2 for invalid arguments, 130 when interrupted
     "Plan and run a sweep of training runs from the command line, then print where its report is."
     parser = argparse.ArgumentParser(
         prog="mgmt_nb_sweep",
@@ -503,6 +564,9 @@ def sweep_cli(
         return 0
     try:
         result = run_sweep(plan, args.output, workers=args.workers, gpus=args.gpus, notebook=args.notebook, rule=args.rule)
+    except KeyboardInterrupt:
+        print(f"interrupted: run the same command again to resume. {Path(args.output) / 'sweep_status.csv'} lists every run.", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError) as error:
         print(f"mgmt_nb_sweep: error: {error}", file=sys.stderr)
         return 2
