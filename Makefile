@@ -40,10 +40,12 @@ demo: setup
 sweep: setup
 	$(BIN)/python -m mgmt_nb.sweep $(SWEEP_ARGS) $(SWEEP_EXTRA)
 
+# nbdev_test skips nbs/05_train.ipynb: tests/ runs it with papermill from the command line, as users
+# run it, and papermill executes its test cells too. --timing prints each notebook's duration.
 test: setup
 	$(BIN)/nbdev_export
 	@if [ -n "$$CI" ]; then git diff --exit-code --stat -- mgmt_nb || { echo "mgmt_nb/ differs from nbs/: run nbdev_export and commit the modules."; exit 1; }; fi
-	$(BIN)/nbdev_test --n_workers 2 --do_print
+	$(BIN)/nbdev_test --n_workers 2 --do_print --timing --skip_file_re '^([_.]|05_train)'
 	$(BIN)/pytest -q tests
 
 export:
