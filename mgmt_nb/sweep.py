@@ -123,7 +123,7 @@ def run_command(
 # %% ../nbs/09_sweep.ipynb #1924e700
 STATUS_COLUMNS = ["run_name", "status", "returncode", "seconds", "gpu", "log", "log_tail"]  # columns of sweep_status.csv
 LOG_TAIL_LINES = 15  # lines of a failed run's log kept in the status table
-STOP_GRACE_SECONDS = 30  # after an interrupt, how long a run may take to stop on SIGINT before it is killed
+STOP_GRACE_SECONDS = 10  # after an interrupt, seconds a run gets to stop on SIGINT, then on SIGTERM, before SIGKILL
 
 
 def _spec_record(spec: dict) -> dict:
@@ -366,18 +366,24 @@ def _status_frame(rows: dict, names: list[str]) -> pd.DataFrame:
 
 
 def _stop_runs(running: dict, grace: float = STOP_GRACE_SECONDS) -> list[str]:
-    "Send SIGINT to the process group of every running run, kill the groups still alive after `grace` seconds; return their run names."
+    "Stop the process group of every running run with SIGINT, then SIGTERM, then SIGKILL, `grace` seconds apart; return their run names."
     processes = dict(running)
-    for process in processes.values():
-        _signal_group(process, signal.SIGINT)  # what Ctrl-C sends: papermill then shuts its kernel down
-    deadline = time.monotonic() + grace
-    for name, process in processes.items():
-        try:
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            logger.warning("sweep: run %s did not stop within %.0f s of SIGINT, so its process group is killed", name, grace)
-            _signal_group(process, signal.SIGKILL)
-            process.wait()
+    # SIGINT is what Ctrl-C sends, and papermill then shuts its kernel down. A process started in the
+    # background by a non-interactive shell ignores SIGINT, so SIGTERM follows.
+    for signal_number in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        alive = {name: process for name, process in processes.items() if process.poll() is None}
+        if not alive:
+            break
+        if signal_number != signal.SIGINT:
+            logger.warning("sweep: %s still running %.0f s after the interrupt, sending %s", ", ".join(alive), grace, signal_number.name)
+        for process in alive.values():
+            _signal_group(process, signal_number)
+        deadline = time.monotonic() + grace
+        for process in alive.values():
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
     return list(processes)
 
 
@@ -520,6 +526,10 @@ def check_notebook_parameters(
             raise ValueError(f"-p {name} {text}: {notebook.name} expects {expected}, like its default {declared[name]['default']}")
 
 # %% ../nbs/09_sweep.ipynb #8f5d1bed
+def _interrupt(signal_number, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signal_number).name}")
+
+
 def sweep_cli(
     argv: list[str] | None = None,  # command line arguments without the program name; sys.argv[1:] when None
 ) -> int:  # exit status: 0 when no run failed, 1 when a run failed, 2 for invalid arguments, 130 when interrupted
@@ -563,6 +573,9 @@ def sweep_cli(
         print(f"{len(plan)} runs; first command: {shlex.join(run_command(plan[0], args.output, args.notebook))}")
         return 0
     try:
+        # kill, timeout and a closed terminal stop the runs as Ctrl-C does, instead of leaving them running.
+        for signal_number in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signal_number, _interrupt)
         result = run_sweep(plan, args.output, workers=args.workers, gpus=args.gpus, notebook=args.notebook, rule=args.rule)
     except KeyboardInterrupt:
         print(f"interrupted: run the same command again to resume. {Path(args.output) / 'sweep_status.csv'} lists every run.", file=sys.stderr)
