@@ -65,7 +65,7 @@ def phantom_run(tmp_path_factory, cache_root, phantom_pair):
     shutil.rmtree(missing)
     outside = output_dir / "elsewhere"
     outside.mkdir()
-    # freeze_epochs=1 trains the head alone for the first epoch, as nbdev_test's settings of the notebook do.
+    # freeze_epochs=1 trains the head alone in the first epoch, so the run covers the frozen-backbone stage too.
     result = run_training(output_dir, "phantom", cache_root, cwd=outside, data_dir=cohort, external_dir=phantom_pair[1], freeze_epochs=1)
     assert result.returncode == 0, result.stderr[-4000:]
     run_dir = output_dir / "phantom"
