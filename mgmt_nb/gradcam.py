@@ -29,7 +29,7 @@ __all__ = ['TARGETS', 'MIN_MAP_CELLS', 'MIN_DRAWN_VALUE', 'PLANES', 'gradcam_lay
 # %% ../nbs/08_gradcam.ipynb #6a1cf3dc
 TARGETS = ("methylated", "unmethylated")  # classes a map can explain; "unmethylated" uses the negated logit
 _SHIFTED_GRID_LAYERS = (keras.layers.ZeroPadding3D, keras.layers.Cropping3D)  # their output grid is offset from the input's
-MIN_MAP_CELLS = 8  # cells along x and y that the default layer's map needs at least
+MIN_MAP_CELLS = 8  # minimum cells along x and y of the default layer's map
 
 
 def _nested_models(model: keras.Model) -> list:
