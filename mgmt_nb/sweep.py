@@ -360,6 +360,24 @@ class SweepResult:
         return self.status.run_name[self.status.status == "failed"].tolist()
 
 
+def _check_volume_sizes(plan: list[dict]) -> None:
+    "Raise ValueError before any run starts when a run's image_size or depth is below its backbone's minimum."
+    from mgmt_nb.model import MIN_SPATIAL_SIZE
+
+    problems = []
+    for spec in plan:
+        minimum = MIN_SPATIAL_SIZE.get(spec["arch"])
+        sizes = {name: spec["params"][name] for name in ("image_size", "depth") if name in spec["params"]}
+        small = [f"{name}={value}" for name, value in sizes.items() if minimum is not None and int(value) < minimum]
+        if small:
+            problems.append(f"{spec['run_name']} ({', '.join(small)}, {spec['arch']} needs at least {minimum})")
+    if problems:
+        raise ValueError(
+            f"volumes too small for the backbone in {len(problems)} runs: {'; '.join(problems)}. "
+            "Raise -p image_size or -p depth, or leave that backbone out."
+        )
+
+
 def _status_frame(rows: dict, names: list[str]) -> pd.DataFrame:
     "Return the status table in plan order."
     return pd.DataFrame([rows[name] for name in names], columns=STATUS_COLUMNS).astype({"returncode": "Int64"})
@@ -422,6 +440,7 @@ def run_sweep(
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     _check_existing_specs(plan, output_dir)
+    _check_volume_sizes(plan)
 
     rows = {}
     pending = []
