@@ -378,6 +378,12 @@ def _check_volume_sizes(plan: list[dict]) -> None:
         )
 
 
+def _unexecuted_row(run_name: str, status: str, output_dir: Path) -> dict:
+    "Return the status row of a run that has no return code of this sweep: skipped, interrupted or not started."
+    return {"run_name": run_name, "status": status, "returncode": None, "seconds": None, "gpu": None,
+            "log": str(output_dir / run_name / "sweep.log"), "log_tail": ""}
+
+
 def _status_frame(rows: dict, names: list[str]) -> pd.DataFrame:
     "Return the status table in plan order."
     return pd.DataFrame([rows[name] for name in names], columns=STATUS_COLUMNS).astype({"returncode": "Int64"})
@@ -388,6 +394,8 @@ def _stop_runs(running: dict, grace: float = STOP_GRACE_SECONDS) -> list[str]:
     processes = dict(running)
     # SIGINT is what Ctrl-C sends, and papermill then shuts its kernel down. A process started in the
     # background by a non-interactive shell ignores SIGINT, so SIGTERM follows.
+    # NOTE: a worker that starts its process after the snapshot above is not stopped here, and the
+    # executor's shutdown then waits for that run to end.
     for signal_number in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         alive = {name: process for name, process in processes.items() if process.poll() is None}
         if not alive:
@@ -447,8 +455,7 @@ def run_sweep(
     for spec in plan:
         run_dir = output_dir / spec["run_name"]
         if (run_dir / "metrics.json").is_file():
-            rows[spec["run_name"]] = {"run_name": spec["run_name"], "status": "skipped", "returncode": None, "seconds": None,
-                                      "gpu": None, "log": str(run_dir / "sweep.log"), "log_tail": ""}
+            rows[spec["run_name"]] = _unexecuted_row(spec["run_name"], "skipped", output_dir)
         else:
             pending.append(spec)
     logger.info("sweep: %d runs planned, %d finished earlier, %d to execute with %d workers", len(plan), len(rows), len(pending), workers)
@@ -474,8 +481,7 @@ def run_sweep(
         for spec in pending:
             if spec["run_name"] not in rows:
                 state = "interrupted" if spec["run_name"] in stopped else "not started"
-                rows[spec["run_name"]] = {"run_name": spec["run_name"], "status": state, "returncode": None, "seconds": None,
-                                          "gpu": None, "log": str(output_dir / spec["run_name"] / "sweep.log"), "log_tail": ""}
+                rows[spec["run_name"]] = _unexecuted_row(spec["run_name"], state, output_dir)
         _status_frame(rows, names).to_csv(output_dir / "sweep_status.csv", index=False)
         logger.warning(
             "sweep interrupted: %d runs finished or skipped, %d stopped, %d not started, as sweep_status.csv lists. "

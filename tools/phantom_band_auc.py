@@ -2,8 +2,8 @@
 """Measure how much label signal simple intensity statistics find in each sequence of the phantom cohort.
 
 For every patient of the training and external phantom cohorts, the script preprocesses each
-sequence as training does (`preprocess_volume`) and takes eight features: the shares of brain
-voxels above 0.5, 0.6, 0.7, 0.8 and 0.9 and below 0.1, 0.2 and 0.3. A logistic regression on their
+sequence as training does (`preprocess_volume`). It then takes eight features: the shares of brain
+voxels above 0.5, 0.6, 0.7, 0.8 and 0.9, and below 0.1, 0.2 and 0.3. A logistic regression on their
 logarithms, cross-validated (5 folds) within each cohort, gives an AUC for the label. A sequence
 where these features reach a high AUC carries the planted signal in its intensities, whatever a
 CNN learns from it. All figures come from a synthetic phantom cohort and carry no information
