@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 import keras
@@ -22,7 +23,7 @@ from .data import Volume, dark_border_box, read_volume
 
 # %% auto #0
 __all__ = ['TARGETS', 'MIN_MAP_CELLS', 'MIN_DRAWN_VALUE', 'PLANES', 'gradcam_layer', 'layers_by_resolution', 'upsample_map',
-           'compute_grad_cam', 'grad_cam', 'preprocess_mask', 'resample_mask', 'phantom_tumour_masks',
+           'head_mask', 'compute_grad_cam', 'grad_cam', 'preprocess_mask', 'resample_mask', 'phantom_tumour_masks',
            'cam_mass_fraction', 'plot_gradcam', 'load_run_model', 'confident_correct', 'tumour_mask',
            'load_patient_inputs', 'save_gradcam_montages']
 
@@ -197,27 +198,72 @@ def upsample_map(
     return output
 
 
+_COMPILED_LIMIT = 8  # compiled map functions kept, one per model, layer and target; the oldest is dropped first
+_compiled = OrderedDict()  # (id(model), layer name, target) -> (model, compiled function)
+
+
+def _map_function(model: keras.Model, container, layer, target: str):
+    "Return a compiled function mapping a batch to (activations, gradients, logit, model output) for `layer` and `target`."
+    key = (id(model), layer.name, target)
+    if key in _compiled:
+        _compiled.move_to_end(key)
+        return _compiled[key][1]
+    forward = _activations_and_logit(model, container, layer)
+    sign = 1.0 if target == "methylated" else -1.0
+
+    @tf.function(reduce_retracing=True)
+    def run(batch):
+        with tf.GradientTape() as tape:
+            activations, logit = forward(batch)
+            score = sign * logit
+        gradients = tape.gradient(score, activations)
+        if gradients is None:  # the output does not depend on the layer
+            gradients = tf.zeros_like(activations)
+            connected = False
+        else:
+            connected = True
+        return activations, gradients, logit, model(batch, training=False), connected
+
+    _compiled[key] = (model, run)  # the entry keeps a reference to the model, so its id cannot be reused while it is cached
+    while len(_compiled) > _COMPILED_LIMIT:
+        _compiled.popitem(last=False)
+    return run
+
+
+def head_mask(
+    volume,  # preprocessed volume (x, y, z) or (x, y, z, channels), values in [0, 1]
+    threshold: float = 0.02,  # a voxel belongs to the head when any channel exceeds this value
+) -> np.ndarray:
+    "Return the head of a preprocessed volume as a boolean (x, y, z) mask: voxels above `threshold` in any channel, holes filled."
+    volume = np.asarray(volume, dtype=np.float32)
+    volume = volume[..., None] if volume.ndim == 3 else volume
+    if volume.ndim != 4:
+        raise ValueError(f"volume must be (x, y, z) or (x, y, z, channels), got shape {volume.shape}.")
+    return ndimage.binary_fill_holes(volume.max(axis=-1) > threshold)
+
+
 def compute_grad_cam(
     model: keras.Model,  # binary classifier ending in Dense(1), such as build_model's
     volume,  # preprocessed input (x, y, z, channels), or (x, y, z) for one channel, values in [0, 1]
     layer: str | None = None,  # 5D layer name; None: see gradcam_layer
     target: str = "methylated",  # class to explain: "methylated" (logit) or "unmethylated" (negated logit)
+    region=None,  # boolean (x, y, z) mask, such as head_mask(volume): the map is set to 0 outside it before scaling; None keeps the whole volume
 ) -> dict:
-    "Compute a Grad-CAM map and return it in a dict with the layer name, the logit, the probability and the target."
+    "Compute a Grad-CAM map and return it in a dict with the layer name, the logit, the probability, the target and the map's share outside `region`."
     if target not in TARGETS:
         raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}.")
     container, found = _resolve_layer(model, layer)
     batch = tf.convert_to_tensor(_as_input(model, volume)[None])
-    forward = _activations_and_logit(model, container, found)
-    with tf.GradientTape() as tape:
-        activations, logit = forward(batch)
-        score = logit if target == "methylated" else -logit
-    gradients = tape.gradient(score, activations)
-    if gradients is None:
+    if region is not None:
+        region = np.asarray(region, dtype=bool)
+        if region.shape != tuple(batch.shape[1:4]):
+            raise ValueError(f"region shape {region.shape} differs from the volume's (x, y, z) shape {tuple(batch.shape[1:4])}.")
+    activations, gradients, logit, output, connected = _map_function(model, container, found, target)(batch)
+    if not bool(connected):
         raise ValueError(f"the model output does not depend on layer {found.name!r}. Pass a layer on the path to the output.")
 
     probability = float(tf.sigmoid(logit[0]))
-    expected = float(np.asarray(model(batch, training=False), dtype=np.float32).reshape(-1)[0])
+    expected = float(np.asarray(output, dtype=np.float32).reshape(-1)[0])
     # The model's own last layer computes in the policy's dtype, the logit here in float32, and
     # bfloat16 keeps about 3 significant digits.
     tolerance = 1e-3 if model.layers[-1].compute_dtype == "float32" else 2e-2
@@ -231,12 +277,21 @@ def compute_grad_cam(
     weights = tf.reduce_mean(tf.cast(gradients, tf.float32)[0], axis=(0, 1, 2))  # one weight per channel
     coarse = tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1)).numpy()
     cam = upsample_map(coarse, batch.shape[1:4])
+    total = float(cam.sum())
+    outside = float("nan")
+    if region is not None:
+        outside = float(cam[~region].sum()) / total if total > 0 else float("nan")
+        cam[~region] = 0.0
     peak = float(cam.max())
     if peak > 0:
         cam /= peak
     else:
-        logger.info("the Grad-CAM map of layer %s is zero everywhere: no feature adds evidence for %s", found.name, target)
-    return {"map": np.clip(cam, 0.0, 1.0), "layer": found.name, "logit": float(logit[0]), "probability": probability, "target": target}
+        logger.info("the Grad-CAM map of layer %s is zero everywhere%s: no feature adds evidence for %s",
+                    found.name, "" if region is None else " inside the region", target)
+    return {
+        "map": np.clip(cam, 0.0, 1.0), "layer": found.name, "logit": float(logit[0]), "probability": probability,
+        "target": target, "outside_fraction": outside,
+    }
 
 
 def grad_cam(
@@ -244,9 +299,10 @@ def grad_cam(
     volume,  # preprocessed input (x, y, z, channels), or (x, y, z) for one channel, values in [0, 1]
     layer: str | None = None,  # 5D layer name; None: see gradcam_layer
     target: str = "methylated",  # class to explain: "methylated" (logit) or "unmethylated" (negated logit)
+    region=None,  # boolean (x, y, z) mask: the map is set to 0 outside it before scaling; None keeps the whole volume
 ) -> np.ndarray:
     "Compute the Grad-CAM map of `volume` for `target` as float32 (x, y, z) in [0, 1] on the input grid."
-    return compute_grad_cam(model, volume, layer, target)["map"]
+    return compute_grad_cam(model, volume, layer, target, region)["map"]
 
 # %% ../nbs/08_gradcam.ipynb #940c1f2a
 def preprocess_mask(
@@ -328,6 +384,7 @@ def phantom_tumour_masks(
 def cam_mass_fraction(
     cam: np.ndarray,  # Grad-CAM map (x, y, z), values >= 0
     mask: np.ndarray,  # region (x, y, z) on the same grid, nonzero inside
+    within=None,  # reference region (x, y, z), such as head_mask(volume): both shares count only its voxels; None: the whole volume
 ) -> dict[str, float]:
     "Return the share of the map's total inside `mask` (mass_fraction), the mask's share of voxels (volume_fraction) and their ratio (enrichment)."
     cam = np.asarray(cam, dtype=np.float64)
@@ -336,6 +393,13 @@ def cam_mass_fraction(
         raise ValueError(f"map shape {cam.shape} differs from mask shape {mask.shape}. Bring the mask to the model grid with preprocess_mask.")
     if not np.isfinite(cam).all() or cam.min() < 0:
         raise ValueError("the map must be finite and non-negative, as grad_cam returns it.")
+    if within is not None:
+        within = np.asarray(within) != 0
+        if within.shape != cam.shape:
+            raise ValueError(f"reference region shape {within.shape} differs from map shape {cam.shape}.")
+        if not within.any():
+            raise ValueError("the reference region is empty, so no share can be measured inside it. Pass head_mask(volume) of the same volume.")
+        cam, mask = cam[within], mask[within]
     total = float(cam.sum())
     volume_fraction = float(mask.mean())
     mass_fraction = float(cam[mask].sum()) / total if total > 0 else float("nan")  # NaN: an all-zero map has no mass to place
@@ -509,6 +573,7 @@ def save_gradcam_montages(
     top_k: int = 4,  # number of patients when `patients` is None
     target: str = "predicted",  # "predicted" (the class predicted at the run's threshold), "methylated" or "unmethylated"
     layer: str | None = None,  # layer name for grad_cam; None: see gradcam_layer
+    within_head: bool = True,  # zero the map outside head_mask(volume) and measure shares inside the head; False: whole volume
     output_dir=None,  # folder for the PNG files and the table; default run_dir / "gradcam"
 ) -> pd.DataFrame:
     "Save one Grad-CAM montage per patient and return the map's mass fraction inside the tumour per patient and sequence channel."
@@ -548,12 +613,15 @@ def save_gradcam_montages(
         patient_target = target
         if target == "predicted":
             patient_target = "methylated" if probability >= threshold else "unmethylated"
-        result = compute_grad_cam(model, volume, layer, patient_target)
+        head = head_mask(volume)
+        result = compute_grad_cam(model, volume, layer, patient_target, region=head if within_head else None)
+        outside_head = result["outside_fraction"] if within_head else cam_mass_fraction(result["map"], ~head)["mass_fraction"]
 
         has_masks = all(mask is not None for mask in masks)
         title = (
             f"patient {patient_id} ({cohort}), {LABEL_COLUMN} {int(row[LABEL_COLUMN])}, p = {probability:.2f}\n"
-            f"map of the {patient_target} class at layer {result['layer']}" + (", tumour outline in green" if has_masks else "")
+            f"map of the {patient_target} class at layer {result['layer']}" + (" inside the head" if within_head else "")
+            + (", tumour outline in green" if has_masks else "")
         )
         figure = plot_gradcam(volume, result["map"], np.stack(masks, axis=-1) if has_masks else None, title=title, synthetic=synthetic, channel_names=sequences)
         png = output_dir / f"{cohort}_{patient_id}.png"
@@ -563,10 +631,11 @@ def save_gradcam_montages(
             if mask is None:
                 fractions = dict.fromkeys(("mass_fraction", "volume_fraction", "enrichment"), float("nan"))
             else:
-                fractions = cam_mass_fraction(result["map"], mask)
+                fractions = cam_mass_fraction(result["map"], mask, within=head if within_head else None)
             records.append({
                 "patient_id": patient_id, LABEL_COLUMN: int(row[LABEL_COLUMN]), "probability": probability,
                 "target": patient_target, "layer": result["layer"], "sequence": sequence, **fractions,
+                "outside_head": outside_head, "within_head": within_head,
                 "png": str(png), "synthetic": synthetic,
             })
     frame = pd.DataFrame(records)
