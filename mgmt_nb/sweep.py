@@ -17,6 +17,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,8 +174,38 @@ def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
+class _RunningProcesses:
+    "The papermill processes of the running runs by run name. After `stop`, no further run starts."
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._processes = {}
+        self._stopped = False
+
+    def start(self, run_name: str, command: list, **popen_options) -> subprocess.Popen | None:
+        "Start `command` with subprocess.Popen and list it under `run_name`; return None without starting it after `stop`."
+        with self._lock:  # held while the process starts, so `stop` sees every process that starts
+            if self._stopped:
+                return None
+            process = subprocess.Popen(command, **popen_options)
+            self._processes[run_name] = process
+            return process
+
+    def finish(self, run_name: str) -> None:
+        "Remove a run whose process has ended."
+        with self._lock:
+            self._processes.pop(run_name, None)
+
+    def stop(self) -> dict:
+        "Let no further run start and return {run name: process} of the runs started so far and not finished."
+        with self._lock:
+            self._stopped = True
+            return dict(self._processes)
+
+
 def _execute_run(
-    spec: dict, output_dir: Path, notebook: Path, python: str, gpu_pool: queue.Queue | None, running: dict | None = None,
+    spec: dict, output_dir: Path, notebook: Path, python: str, gpu_pool: queue.Queue | None,
+    running: _RunningProcesses | None = None,
 ) -> dict:
     "Execute one run with papermill in a subprocess (its own process group, listed in `running` while it runs) and return its status row."
     run_dir = output_dir / spec["run_name"]
@@ -194,14 +225,19 @@ def _execute_run(
             log.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')}: {shlex.join(command)}\n")
             log.flush()
             # A process group of its own, so an interrupt stops papermill and its kernel together.
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment, start_new_session=True)
-            if running is not None:
-                running[spec["run_name"]] = process
+            options = dict(stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment, start_new_session=True)
+            if running is None:
+                process = subprocess.Popen(command, **options)
+            else:
+                process = running.start(spec["run_name"], command, **options)
+            if process is None:  # the sweep was interrupted before this run started
+                log.write("not started: the sweep was interrupted\n")
+                return _unexecuted_row(spec["run_name"], "not started", output_dir)
             try:
                 returncode = process.wait()
             finally:
                 if running is not None:
-                    running.pop(spec["run_name"], None)
+                    running.finish(spec["run_name"])
     except OSError as error:
         returncode = None
         with log_path.open("a") as log:
@@ -389,13 +425,11 @@ def _status_frame(rows: dict, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame([rows[name] for name in names], columns=STATUS_COLUMNS).astype({"returncode": "Int64"})
 
 
-def _stop_runs(running: dict, grace: float = STOP_GRACE_SECONDS) -> list[str]:
+def _stop_runs(running: _RunningProcesses, grace: float = STOP_GRACE_SECONDS) -> list[str]:
     "Stop the process group of every running run with SIGINT, then SIGTERM, then SIGKILL, `grace` seconds apart; return their run names."
-    processes = dict(running)
+    processes = running.stop()  # from here on, a worker that reaches its run starts nothing
     # SIGINT is what Ctrl-C sends, and papermill then shuts its kernel down. A process started in the
     # background by a non-interactive shell ignores SIGINT, so SIGTERM follows.
-    # NOTE: a worker that starts its process after the snapshot above is not stopped here, and the
-    # executor's shutdown then waits for that run to end.
     for signal_number in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         alive = {name: process for name, process in processes.items() if process.poll() is None}
         if not alive:
@@ -465,7 +499,7 @@ def run_sweep(
         gpu_pool = queue.Queue()
         for gpu in gpu_ids:
             gpu_pool.put(gpu)
-    running = {}  # run name -> papermill process, filled by the worker threads
+    running = _RunningProcesses()  # the papermill processes, listed by the worker threads
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
     try:
         with tqdm(total=len(plan), initial=len(rows), desc="sweep", unit="run", disable=not progress) as bar:
