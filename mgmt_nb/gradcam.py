@@ -22,10 +22,10 @@ from .core import LABEL_COLUMN, PHANTOM_MARKER, SYNTHETIC_NOTE, MGMTDataError, l
 from .data import Volume, dark_border_box, read_volume
 
 # %% auto #0
-__all__ = ['TARGETS', 'MIN_MAP_CELLS', 'MIN_DRAWN_VALUE', 'PLANES', 'gradcam_layer', 'layers_by_resolution', 'upsample_map',
-           'head_mask', 'compute_grad_cam', 'grad_cam', 'preprocess_mask', 'resample_mask', 'phantom_tumour_masks',
-           'cam_mass_fraction', 'plot_gradcam', 'load_run_model', 'confident_correct', 'tumour_mask',
-           'load_patient_inputs', 'save_gradcam_montages']
+__all__ = ['TARGETS', 'MIN_MAP_CELLS', 'METHODS', 'MIN_DRAWN_VALUE', 'PLANES', 'gradcam_layer', 'layers_by_resolution',
+           'upsample_map', 'head_mask', 'compute_grad_cam', 'grad_cam', 'input_gradient_map', 'preprocess_mask',
+           'resample_mask', 'phantom_tumour_masks', 'cam_mass_fraction', 'plot_gradcam', 'load_run_model',
+           'confident_correct', 'tumour_mask', 'load_patient_inputs', 'save_gradcam_montages']
 
 # %% ../nbs/08_gradcam.ipynb #6a1cf3dc
 TARGETS = ("methylated", "unmethylated")  # classes a map can explain; "unmethylated" uses the negated logit
@@ -242,6 +242,46 @@ def head_mask(
     return ndimage.binary_fill_holes(volume.max(axis=-1) > threshold)
 
 
+def _checked_region(region, shape: tuple) -> np.ndarray | None:
+    "Return `region` as a boolean array of `shape`, or None; raise ValueError for another shape."
+    if region is None:
+        return None
+    region = np.asarray(region, dtype=bool)
+    if region.shape != tuple(shape):
+        raise ValueError(f"region shape {region.shape} differs from the volume's (x, y, z) shape {tuple(shape)}.")
+    return region
+
+
+def _checked_probability(model: keras.Model, logit, output, path: str) -> float:
+    "Return sigmoid(logit) after checking it against the model's own output; `path` names how the logit was computed."
+    probability = float(tf.sigmoid(logit[0]))
+    expected = float(np.asarray(output, dtype=np.float32).reshape(-1)[0])
+    # The model's own last layer computes in the policy's dtype, the logit here in float32, and
+    # bfloat16 keeps about 3 significant digits.
+    tolerance = 1e-3 if model.layers[-1].compute_dtype == "float32" else 2e-2
+    if abs(probability - expected) > tolerance:
+        raise ValueError(
+            f"the model's output {expected:.4f} differs from the probability {probability:.4f} computed through {path}. "
+            "grad_cam needs a model whose outer layers form a chain, as build_model makes."
+        )
+    return probability
+
+
+def _scaled_map(values: np.ndarray, region: np.ndarray | None, description: str) -> tuple[np.ndarray, float]:
+    "Return (map set to 0 outside `region` and divided by its maximum, clipped to [0, 1]; share of the input map's sum outside `region`)."
+    total = float(values.sum())
+    outside = float("nan")
+    if region is not None:
+        outside = float(values[~region].sum()) / total if total > 0 else float("nan")
+        values[~region] = 0.0
+    peak = float(values.max())
+    if peak > 0:
+        values /= peak
+    else:
+        logger.info("the %s is zero everywhere%s", description, "" if region is None else " inside the region")
+    return np.clip(values, 0.0, 1.0), outside
+
+
 def compute_grad_cam(
     model: keras.Model,  # binary classifier ending in Dense(1), such as build_model's
     volume,  # preprocessed input (x, y, z, channels), or (x, y, z) for one channel, values in [0, 1]
@@ -254,42 +294,18 @@ def compute_grad_cam(
         raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}.")
     container, found = _resolve_layer(model, layer)
     batch = tf.convert_to_tensor(_as_input(model, volume)[None])
-    if region is not None:
-        region = np.asarray(region, dtype=bool)
-        if region.shape != tuple(batch.shape[1:4]):
-            raise ValueError(f"region shape {region.shape} differs from the volume's (x, y, z) shape {tuple(batch.shape[1:4])}.")
+    region = _checked_region(region, batch.shape[1:4])
     activations, gradients, logit, output, connected = _map_function(model, container, found, target)(batch)
     if not bool(connected):
         raise ValueError(f"the model output does not depend on layer {found.name!r}. Pass a layer on the path to the output.")
-
-    probability = float(tf.sigmoid(logit[0]))
-    expected = float(np.asarray(output, dtype=np.float32).reshape(-1)[0])
-    # The model's own last layer computes in the policy's dtype, the logit here in float32, and
-    # bfloat16 keeps about 3 significant digits.
-    tolerance = 1e-3 if model.layers[-1].compute_dtype == "float32" else 2e-2
-    if abs(probability - expected) > tolerance:
-        raise ValueError(
-            f"the model's output {expected:.4f} differs from the probability {probability:.4f} computed through layer "
-            f"{found.name!r}. grad_cam needs a model whose outer layers form a chain, as build_model makes."
-        )
+    probability = _checked_probability(model, logit, output, f"layer {found.name!r}")
 
     activations = tf.cast(activations, tf.float32)[0]
     weights = tf.reduce_mean(tf.cast(gradients, tf.float32)[0], axis=(0, 1, 2))  # one weight per channel
     coarse = tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1)).numpy()
-    cam = upsample_map(coarse, batch.shape[1:4])
-    total = float(cam.sum())
-    outside = float("nan")
-    if region is not None:
-        outside = float(cam[~region].sum()) / total if total > 0 else float("nan")
-        cam[~region] = 0.0
-    peak = float(cam.max())
-    if peak > 0:
-        cam /= peak
-    else:
-        logger.info("the Grad-CAM map of layer %s is zero everywhere%s: no feature adds evidence for %s",
-                    found.name, "" if region is None else " inside the region", target)
+    cam, outside = _scaled_map(upsample_map(coarse, batch.shape[1:4]), region, f"Grad-CAM map of layer {found.name} for {target}")
     return {
-        "map": np.clip(cam, 0.0, 1.0), "layer": found.name, "logit": float(logit[0]), "probability": probability,
+        "map": cam, "layer": found.name, "logit": float(logit[0]), "probability": probability,
         "target": target, "outside_fraction": outside,
     }
 
@@ -303,6 +319,50 @@ def grad_cam(
 ) -> np.ndarray:
     "Compute the Grad-CAM map of `volume` for `target` as float32 (x, y, z) in [0, 1] on the input grid."
     return compute_grad_cam(model, volume, layer, target, region)["map"]
+
+# %% ../nbs/08_gradcam.ipynb #e8ad68c1
+METHODS = ("grad_cam", "input_gradient")  # attribution methods of save_gradcam_montages
+
+
+def _input_gradient_function(model: keras.Model):
+    "Return a compiled function mapping a batch to (d logit / d input, logit, model output)."
+    key = (id(model), None, "input_gradient")
+    if key in _compiled:
+        _compiled.move_to_end(key)
+        return _compiled[key][1]
+    # The logit is computed through the default layer's chain, as for Grad-CAM, so that a confident
+    # prediction keeps its gradient instead of losing it in the saturated sigmoid.
+    forward = _activations_and_logit(model, *_default_layer(model))
+
+    @tf.function(reduce_retracing=True)
+    def run(batch):
+        with tf.GradientTape() as tape:
+            tape.watch(batch)
+            _, logit = forward(batch)
+        return tape.gradient(logit, batch), logit, model(batch, training=False)
+
+    _compiled[key] = (model, run)
+    while len(_compiled) > _COMPILED_LIMIT:
+        _compiled.popitem(last=False)
+    return run
+
+
+def input_gradient_map(
+    model: keras.Model,  # binary classifier ending in Dense(1), such as build_model's
+    volume,  # preprocessed input (x, y, z, channels), or (x, y, z) for one channel, values in [0, 1]
+    region=None,  # boolean (x, y, z) mask, such as head_mask(volume): the map is set to 0 outside it before scaling; None keeps the whole volume
+) -> dict:
+    "Compute |d logit / d input × input| summed over channels, scaled to a maximum of 1, in a dict shaped like compute_grad_cam's."
+    batch = tf.convert_to_tensor(_as_input(model, volume)[None])
+    region = _checked_region(region, batch.shape[1:4])
+    gradients, logit, output = _input_gradient_function(model)(batch)
+    probability = _checked_probability(model, logit, output, "the input gradient's forward pass")
+    attribution = np.abs(gradients.numpy()[0] * batch.numpy()[0]).sum(axis=-1).astype(np.float32)
+    values, outside = _scaled_map(attribution, region, "input-gradient map")
+    return {
+        "map": values, "layer": "input", "logit": float(logit[0]), "probability": probability,
+        "target": "either class", "outside_fraction": outside,
+    }
 
 # %% ../nbs/08_gradcam.ipynb #940c1f2a
 def preprocess_mask(
@@ -574,13 +634,16 @@ def save_gradcam_montages(
     target: str = "predicted",  # "predicted" (the class predicted at the run's threshold), "methylated" or "unmethylated"
     layer: str | None = None,  # layer name for grad_cam; None: see gradcam_layer
     within_head: bool = True,  # zero the map outside head_mask(volume) and measure shares inside the head; False: whole volume
+    method: str = "grad_cam",  # "grad_cam", or "input_gradient" for input_gradient_map (`target` and `layer` then play no part)
     output_dir=None,  # folder for the PNG files and the table; default run_dir / "gradcam"
 ) -> pd.DataFrame:
-    "Save one Grad-CAM montage per patient and return the map's mass fraction inside the tumour per patient and sequence channel."
+    "Save one Grad-CAM (or input-gradient) montage per patient and return the map's mass fraction inside the tumour per patient and sequence channel."
     from mgmt_nb.dataloader import cohort_table
 
     if cohort not in ("external", "validation"):
         raise ValueError(f"cohort must be 'external' or 'validation', got {cohort!r}.")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}.")
     if target not in ("predicted", *TARGETS):
         raise ValueError(f"target must be 'predicted', 'methylated' or 'unmethylated', got {target!r}.")
     run_dir = Path(run_dir)
@@ -614,17 +677,24 @@ def save_gradcam_montages(
         if target == "predicted":
             patient_target = "methylated" if probability >= threshold else "unmethylated"
         head = head_mask(volume)
-        result = compute_grad_cam(model, volume, layer, patient_target, region=head if within_head else None)
+        region = head if within_head else None
+        if method == "grad_cam":
+            result = compute_grad_cam(model, volume, layer, patient_target, region=region)
+        else:
+            result = input_gradient_map(model, volume, region=region)
+            patient_target = result["target"]
         outside_head = result["outside_fraction"] if within_head else cam_mass_fraction(result["map"], ~head)["mass_fraction"]
 
         has_masks = all(mask is not None for mask in masks)
         title = (
             f"patient {patient_id} ({cohort}), {LABEL_COLUMN} {int(row[LABEL_COLUMN])}, p = {probability:.2f}\n"
-            f"map of the {patient_target} class at layer {result['layer']}" + (" inside the head" if within_head else "")
+            + (f"map of the {patient_target} class at layer {result['layer']}" if method == "grad_cam" else "|input gradient × input|")
+            + (" inside the head" if within_head else "")
             + (", tumour outline in green" if has_masks else "")
         )
         figure = plot_gradcam(volume, result["map"], np.stack(masks, axis=-1) if has_masks else None, title=title, synthetic=synthetic, channel_names=sequences)
-        png = output_dir / f"{cohort}_{patient_id}.png"
+        suffix = "" if method == "grad_cam" else f"_{method}"
+        png = output_dir / f"{cohort}_{patient_id}{suffix}.png"
         figure.savefig(png, dpi=100, bbox_inches="tight")
         plt.close(figure)
         for sequence, mask in zip(sequences, masks):
@@ -635,12 +705,12 @@ def save_gradcam_montages(
             records.append({
                 "patient_id": patient_id, LABEL_COLUMN: int(row[LABEL_COLUMN]), "probability": probability,
                 "target": patient_target, "layer": result["layer"], "sequence": sequence, **fractions,
-                "outside_head": outside_head, "within_head": within_head,
+                "outside_head": outside_head, "within_head": within_head, "method": method,
                 "png": str(png), "synthetic": synthetic,
             })
     frame = pd.DataFrame(records)
     frame.attrs["synthetic"] = synthetic
-    frame.to_csv(output_dir / f"{cohort}_mass_fractions.csv", index=False)
+    frame.to_csv(output_dir / f"{cohort}{'' if method == 'grad_cam' else '_' + method}_mass_fractions.csv", index=False)
     if synthetic:
         logger.info("Grad-CAM maps of a synthetic phantom cohort. %s", SYNTHETIC_NOTE)
     return frame

@@ -155,18 +155,10 @@ def print_table(title: str, frame: pd.DataFrame) -> None:
 
 
 def input_gradient_share(model, volume: np.ndarray, mask: np.ndarray, head: np.ndarray) -> dict:
-    "Return cam_mass_fraction of |d logit / d input * input|, summed over channels, inside `mask`, within `head`."
-    import tensorflow as tf
+    "Return cam_mass_fraction of input_gradient_map (|d logit / d input * input| summed over channels) inside `mask`, within `head`."
+    from mgmt_nb.gradcam import cam_mass_fraction, input_gradient_map
 
-    from mgmt_nb.gradcam import cam_mass_fraction
-
-    batch = tf.convert_to_tensor(volume[None])
-    with tf.GradientTape() as tape:
-        tape.watch(batch)
-        probability = tf.clip_by_value(model(batch, training=False)[0, 0], 1e-7, 1 - 1e-7)
-        logit = tf.math.log(probability) - tf.math.log1p(-probability)
-    attribution = np.abs(tape.gradient(logit, batch).numpy()[0] * volume).sum(axis=-1)
-    return cam_mass_fraction(attribution, mask, within=head)
+    return cam_mass_fraction(input_gradient_map(model, volume, region=head)["map"], mask, within=head)
 
 
 def shortcut_check(cohort_root: Path, sequences: list, size: tuple) -> pd.DataFrame:
