@@ -71,6 +71,12 @@ def plan_sweep(
     bad_names = [arch for arch in archs if not isinstance(arch, str) or not arch or any(c in arch for c in "/\\ ")]
     if bad_names:
         raise ValueError(f"archs {bad_names} are not backbone names; use names such as 'resnet18'")
+    from mgmt_nb.model import BACKBONES
+
+    unknown = [arch for arch in archs if arch not in BACKBONES]
+    if unknown:
+        hints = [f"{arch!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(arch, list(BACKBONES), n=1)) else repr(arch) for arch in unknown]
+        raise ValueError(f"unknown backbone(s) {', '.join(hints)}; build_model knows {', '.join(BACKBONES)}")
     seqs = _as_list(seqs, "seqs")
     tags = [_sequence_tag(seq) for seq in seqs]  # raises ValueError for an unknown sequence
     if include_all and "all" not in tags:
@@ -184,7 +190,7 @@ class _RunningProcesses:
 
     def start(self, run_name: str, command: list, **popen_options) -> subprocess.Popen | None:
         "Start `command` with subprocess.Popen and list it under `run_name`; return None without starting it after `stop`."
-        with self._lock:  # held while the process starts, so `stop` sees every process that starts
+        with self._lock:  # held while the process starts, so the list that `stop` returns includes every started process
             if self._stopped:
                 return None
             process = subprocess.Popen(command, **popen_options)
@@ -409,7 +415,7 @@ def _check_volume_sizes(plan: list[dict]) -> None:
             problems.append(f"{spec['run_name']} ({', '.join(small)}, {spec['arch']} needs at least {minimum})")
     if problems:
         raise ValueError(
-            f"volumes too small for the backbone in {len(problems)} runs: {'; '.join(problems)}. "
+            f"volumes too small for the backbone in {len(problems)} run{'s' if len(problems) > 1 else ''}: {'; '.join(problems)}. "
             "Raise -p image_size or -p depth, or leave that backbone out."
         )
 
@@ -623,6 +629,7 @@ def sweep_cli(
         check_notebook_parameters(parameters, args.notebook)
         plan = plan_sweep(args.archs, args.seqs, include_all=args.all, permutation=args.permutation, seeds=args.seeds, **parameters)
         _parse_gpus(args.gpus)
+        _check_volume_sizes(plan)  # here too, so that --dry-run rejects what the sweep would reject
     except (ValueError, FileNotFoundError) as error:
         print(f"mgmt_nb_sweep: error: {error}", file=sys.stderr)
         return 2

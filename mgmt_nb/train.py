@@ -166,10 +166,22 @@ def shuffle_labels(
 
 # %% ../nbs/05_train.ipynb #0349c66e
 def save_params(run_dir, params: dict, synthetic: bool) -> Path:
-    "Write the run parameters, the synthetic flag and the note to params.json."
-    record = {**params, "synthetic": synthetic, "note": SYNTHETIC_NOTE if synthetic else ""}
+    "Write the run parameters, the synthetic flag and the note to params.json; raise ValueError when the folder contains a run with other parameters."
+    record = json.loads(json.dumps({**params, "synthetic": synthetic, "note": SYNTHETIC_NOTE if synthetic else ""}, default=str))
     path = Path(run_dir) / "params.json"
-    path.write_text(json.dumps(record, indent=2, default=str))
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        # The note's wording may change between versions of mgmt_nb without changing the run.
+        changes = [
+            f"{key}: {stored.get(key)!r} -> {record.get(key)!r}"
+            for key in sorted(set(stored) | set(record)) if key != "note" and stored.get(key) != record.get(key)
+        ]
+        if changes:
+            raise ValueError(
+                f"{path} belongs to a run made with other parameters ({'; '.join(changes)}). A run_name that exists "
+                "resumes that run, so pass another run_name, or delete the folder to train it again."
+            )
+    path.write_text(json.dumps(record, indent=2))
     return path
 
 # %% ../nbs/05_train.ipynb #6f08c88c

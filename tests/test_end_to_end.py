@@ -107,6 +107,13 @@ def test_bad_parameter_fails_with_clear_message(tmp_path, cache_root, phantom_pa
     assert not (tmp_path / "bad").exists(), "no run folder is created for invalid parameters"
 
 
+def test_too_small_volume_fails_before_data(tmp_path, cache_root, phantom_pair):
+    result = run_training(tmp_path, "small", cache_root, image_size=8, depth=8, epochs=1)
+    assert result.returncode != 0
+    assert "image_size=8, depth=8: resnet18 needs at least 16 voxels along every axis" in result.stderr
+    assert not (tmp_path / "small").exists(), "no run folder is created for invalid parameters"
+
+
 def test_run_outside_repository(phantom_run):
     cwd = Path(json.loads((phantom_run.parent / "fixture.json").read_text())["cwd"])
     assert REPO not in cwd.parents
