@@ -27,9 +27,10 @@ from .core import LABEL_COLUMN, SEQUENCES, SYNTHETIC_NOTE, MGMTDataError, logger
 # %% auto #0
 __all__ = ['COHORTS', 'PREDICTION_COLUMNS', 'REAL_DATA_NOTE', 'SEQUENCE_LABELS', 'SELECTION_RULES',
            'PUBLISHED_EXTERNAL_AUC_RANGE', 'auc_ci', 'delong_test', 'delong_ci', 'binary_metrics', 'youden_threshold',
-           'format_auc', 'write_metrics', 'external_metrics', 'reported_cohorts', 'load_runs', 'results_table',
-           'select_model', 'plot_roc', 'plot_forest', 'reliability_curve', 'plot_reliability', 'ensemble_mean',
-           'stack_predictions', 'build_ensembles', 'delong_table', 'plot_loss_curves', 'summary_cli']
+           'format_auc', 'auc_interval_description', 'write_metrics', 'external_metrics', 'reported_cohorts',
+           'load_runs', 'results_table', 'select_model', 'plot_roc', 'plot_forest', 'reliability_curve',
+           'plot_reliability', 'ensemble_mean', 'stack_predictions', 'build_ensembles', 'delong_table',
+           'plot_loss_curves', 'summary_cli']
 
 # %% ../nbs/07_evaluate.ipynb #9d083c3d
 COHORTS = ("validation", "external")  # cohort names that training runs write, in display order
@@ -287,6 +288,14 @@ def format_auc(
     auc, low, high = (float(value) for value in values)
     return f"{auc:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
+def auc_interval_description(
+    n_boot: int = 2000,  # bootstrap resamples
+    seed: int = 0,  # seed of the bootstrap
+    level: float = 0.95,  # confidence level
+) -> str:
+    "Describe how auc_ci computes the interval in brackets, for metrics.json and printed results."
+    return f"{level:.0%} stratified percentile bootstrap, {n_boot} resamples, seed {seed}"
+
 # %% ../nbs/07_evaluate.ipynb #80a92d1c
 def _json_safe(metrics: dict) -> dict:
     "Replace NaN values with None so that the dict is valid JSON."
@@ -344,6 +353,7 @@ def write_metrics(
     payload = {
         "synthetic": bool(synthetic),
         "note": SYNTHETIC_NOTE if synthetic else REAL_DATA_NOTE,
+        "auc_interval": auc_interval_description(n_boot, seed),
         "cohorts": results,
     }
     run_dir = Path(run_dir)
