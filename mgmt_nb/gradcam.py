@@ -653,6 +653,13 @@ def save_gradcam_montages(
     if not root or not predictions_path.is_file():
         raise MGMTDataError(predictions_path, f"the run has no {cohort} predictions", "Pass cohort='validation', or a run trained with an external cohort.")
     root = Path(root)
+    if not root.is_dir():
+        key = "external_dir" if cohort == "external" else "data_dir"
+        raise MGMTDataError(
+            root, f"not found, though {run_dir / 'params.json'} names it as the run's {key}",
+            f"If the cohort moved, write its new folder as {key} in params.json. A phantom cohort lives in the cache: "
+            "running the training notebook again with the run's phantom parameters regenerates it.",
+        )
     threshold = _decision_threshold(run_dir, cohort)
     if patients is None:
         patients = confident_correct(pd.read_csv(predictions_path, dtype={"patient_id": str}), threshold, top_k)
