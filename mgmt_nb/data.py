@@ -32,7 +32,7 @@ from .core import MGMTDataError, logger
 # %% auto #0
 __all__ = ['as_ras', 'PLANE_COSINES', 'UINT16_MAX', 'READ_WORKERS', 'NORMALIZATION_METHODS', 'REFERENCE_NAMES', 'MODE_BINS',
            'MODE_SMOOTHING_BINS', 'Volume', 'write_dicom_series', 'write_nifti', 'read_dicom_series', 'read_nifti',
-           'read_volume', 'dark_border_box', 'crop_dark_border', 'normalize_intensity', 'resize_volume',
+           'read_volume', 'dark_border_box', 'crop_dark_border', 'normalize_intensity', 'resize_volume', 'antialias',
            'preprocess_volume']
 
 # %% ../nbs/01_data.ipynb #62e60361
@@ -963,24 +963,38 @@ def resize_volume(
     if shape == data.shape:
         return data.copy()
     zoom = np.array(shape) / np.array(data.shape)
-    # NOTE: no anti-aliasing filter precedes the interpolation. Downsampling by a large factor (such
-    # as 240 to 48 voxels) then samples the input, so a sharp series and a blurred one of the same
-    # anatomy give different intensity distributions; on the phantom this shifts T2w and T1wCE
-    # between the DICOM and NIfTI cohorts at 48x48x24 (see the benchmarks page).
+    # Linear interpolation only: preprocess_volume smooths a volume with antialias before shrinking it.
     output = np.empty(shape, dtype=np.float32)  # zoom sizes its output as round(in_size * zoom), which is `shape`
     ndimage.zoom(data, zoom, output=output, order=1, mode="nearest", grid_mode=False)
     return output
+
+# %% ../nbs/01_data.ipynb #1021fdbf
+def antialias(
+    data: np.ndarray,  # volume indexed (x, y, z)
+    shape: tuple[int, int, int],  # shape (x, y, z) the volume will be resized to
+) -> np.ndarray:
+    "Smooth a volume with a Gaussian of sigma max(0, (input / output size - 1) / 2) voxels per axis before it is shrunk to `shape`; returns float32."
+    data = _as_3d(data).astype(np.float32, copy=False)
+    shape = tuple(int(size) for size in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be three positive voxel counts (x, y, z), got {shape}.")
+    sigma = [max(0.0, (before / after - 1) / 2) for before, after in zip(data.shape, shape)]
+    if not any(sigma):
+        return data.copy()
+    return ndimage.gaussian_filter(data, sigma, mode="nearest").astype(np.float32, copy=False)
 
 # %% ../nbs/01_data.ipynb #13058349
 def preprocess_volume(
     volume_or_array,  # Volume or array indexed (x, y, z)
     size: tuple[int, int, int] = (256, 256, 64),  # output shape (x, y, z) in voxels
+    smooth: bool = True,  # smooth with antialias before shrinking; False reproduces caches of PREPROCESS_VERSION 4 and earlier
 ) -> np.ndarray:
-    "Crop, normalise and resize a volume (x, y, z) for the model; returns float32 (x, y, z) in [0, 1]."
+    "Crop, anti-alias, normalise and resize a volume (x, y, z) for the model; returns float32 (x, y, z) in [0, 1]."
     is_volume = isinstance(volume_or_array, Volume)
     data = volume_or_array.data if is_volume else volume_or_array
     try:
-        normalized = normalize_intensity(crop_dark_border(data))
+        cropped = crop_dark_border(data)
+        normalized = normalize_intensity(antialias(cropped, size) if smooth else cropped)
     except ValueError as error:
         if is_volume and volume_or_array.source:
             raise ValueError(f"{volume_or_array.source}: {error}") from error

@@ -220,7 +220,7 @@ def skipped_patients(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table.attrs.get("skipped", []), columns=["patient_id", "sequence", "reason"])
 
 # %% ../nbs/04b_dataloader.ipynb #6580039e
-PREPROCESS_VERSION = 4  # bump when preprocess_volume changes its output
+PREPROCESS_VERSION = 5  # bump when preprocess_volume changes its output
 CACHE_FORMAT = "zip-zstd-1"  # layout of a cache file; part of the key, so a format change never reads an old file
 CACHE_COMPRESSION_LEVEL = 3  # Zstandard level of the volume member (1 to 22; 3 is the library's default)
 _FIXED_POINT_STEPS = 65535  # volumes in [0, 1] are stored as round(v * 65535) in uint16

@@ -256,7 +256,7 @@ def _series_status(patient_id: str, label: int, sequence: str, source) -> dict:
         return record
     record.update(read_ok=True, **description)
     try:
-        preprocess_volume(volume, size=QUALITY_CHECK_SIZE)
+        preprocess_volume(volume, size=QUALITY_CHECK_SIZE, smooth=False)  # the check needs its errors, not its smoothing
     except ValueError as error:
         record.update(status="rejected", reason=str(error))
         return record

@@ -33,6 +33,17 @@ def test_metrics_are_labelled_synthetic(phantom_run):
     external = metrics["cohorts"]["external"]
     assert external["n"] == 8
     assert 0.0 <= external["auc_low"] <= external["auc"] <= external["auc_high"] <= 1.0
+    assert metrics["auc_interval"] == "95% stratified percentile bootstrap, 2000 resamples, seed 0"
+
+
+def test_printed_results_name_interval_and_small_cohorts(phantom_run):
+    notebook = json.loads((phantom_run.parent / "phantom.ipynb").read_text())
+    printed = "".join(
+        "".join(output.get("text", "")) for cell in notebook["cells"] for output in cell.get("outputs", []) if output.get("name") == "stdout"
+    )
+    assert "AUC [95% stratified percentile bootstrap, 2000 resamples, seed 0 confidence interval]" in printed
+    assert "external (synthetic phantom): AUC" in printed
+    assert "WARNING: the external cohort has 8 patients" in printed
 
 
 def test_predictions_cover_external_patients(phantom_run, phantom_pair):
@@ -40,6 +51,7 @@ def test_predictions_cover_external_patients(phantom_run, phantom_pair):
     labels = pd.read_csv(phantom_pair[1] / "labels.csv", dtype={"patient_id": str})
     assert sorted(predictions.patient_id) == sorted(labels.patient_id)
     assert predictions.probability.between(0, 1).all()
+    assert predictions.synthetic.all()  # a predictions file read alone still marks its data as synthetic
     merged = predictions.merge(labels, on="patient_id", suffixes=("", "_truth"))
     assert (merged.MGMT_value == merged.MGMT_value_truth).all()
 

@@ -165,7 +165,7 @@ def shortcut_check(cohort_root: Path, sequences: list, size: tuple) -> pd.DataFr
     "Return, per normalisation method and label, the mean preprocessed intensity of the brain outside the tumour, with its AUC for the label."
     from sklearn.metrics import roc_auc_score
 
-    from mgmt_nb.data import NORMALIZATION_METHODS, crop_dark_border, normalize_intensity, read_volume, resize_volume
+    from mgmt_nb.data import NORMALIZATION_METHODS, antialias, crop_dark_border, normalize_intensity, read_volume, resize_volume
     from mgmt_nb.dataloader import cohort_table
     from mgmt_nb.gradcam import preprocess_mask, tumour_mask
 
@@ -175,8 +175,9 @@ def shortcut_check(cohort_root: Path, sequences: list, size: tuple) -> pd.DataFr
         mask = tumour_mask(row, cohort_root, volume)
         mask = preprocess_mask(mask, volume, size) if mask is not None else None
         for method in NORMALIZATION_METHODS:
-            # preprocess_volume with the given method: crop, normalise, resize, clip
-            data = np.clip(resize_volume(normalize_intensity(crop_dark_border(volume.data), method=method), size), 0.0, 1.0)
+            # preprocess_volume with the given method: crop, anti-alias, normalise, resize, clip
+            smoothed = antialias(crop_dark_border(volume.data), size)
+            data = np.clip(resize_volume(normalize_intensity(smoothed, method=method), size), 0.0, 1.0)
             brain = data > 0.05  # the background of a preprocessed volume is near 0
             outside = brain & ~mask if mask is not None else brain
             rows.append({"method": method, "label": int(row["MGMT_value"]), "intensity": float(data[outside].mean())})
