@@ -12,13 +12,13 @@ STAMP := $(VENV)/.installed
 DEMO_PARAMS := -p arch resnet18 -p image_size 64 -p depth 32 -p epochs 20 -p patience 5 -p learning_rate 3e-4 -p batch_size 8 -p run_name demo -p output_dir runs
 
 # The sweep trains 3 architectures on 4 sequences plus the all-sequence model (15 runs) on the same
-# phantom cohort with the demo's recipe at 48x48x24 and 10 epochs, then writes runs/sweep/results.md
-# and forest.png. A run took 4 to 9 minutes on 2 shared CPU cores, so expect one to two hours. It
-# resumes when started again. densenet121 needs 32 voxels along every axis, so it needs
+# phantom cohort with the demo's recipe at 48x48x24, for up to 20 epochs with early stopping after 8
+# without a lower validation loss, then writes runs/sweep/results.md and forest.png. A resnet18 run
+# took 3.5 to 9 minutes on 2 shared CPU cores, so expect one to two hours. It resumes when started again. densenet121 needs 32 voxels along every axis, so it needs
 # -p depth 32. SWEEP_EXTRA adds options, for example
 # SWEEP_EXTRA="--permutation", or SWEEP_EXTRA="-p phantom_signal 0 --output runs/sweep_nosignal"
 # (a later --output replaces the first, and a sweep rejects a folder trained with other parameters).
-SWEEP_ARGS := --archs resnet18 resnet34 efficientnetb1 --seqs FLAIR T1w T1wCE T2w --all --workers 1 --output runs/sweep -p image_size 48 -p depth 24 -p epochs 10 -p patience 5 -p learning_rate 3e-4 -p batch_size 8
+SWEEP_ARGS := --archs resnet18 resnet34 efficientnetb1 --seqs FLAIR T1w T1wCE T2w --all --workers 1 --output runs/sweep -p image_size 48 -p depth 24 -p epochs 20 -p patience 8 -p learning_rate 3e-4 -p batch_size 8
 
 .PHONY: setup demo sweep test export clean docs
 
