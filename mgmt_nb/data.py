@@ -951,15 +951,20 @@ def normalize_intensity(
     return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 
 # %% ../nbs/01_data.ipynb #74df2643
+def _float_volume_and_shape(data, shape) -> tuple[np.ndarray, tuple[int, int, int]]:
+    "Return `data` as a float32 (x, y, z) array and `shape` as three ints, or raise ValueError for a bad shape."
+    shape = tuple(int(size) for size in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be three positive voxel counts (x, y, z), got {shape}.")
+    return _as_3d(data).astype(np.float32, copy=False), shape
+
+
 def resize_volume(
     data: np.ndarray,  # volume indexed (x, y, z)
     shape: tuple[int, int, int],  # output shape (x, y, z) in voxels
 ) -> np.ndarray:
     "Resize a volume (x, y, z) to exactly `shape` with linear interpolation; returns float32."
-    data = _as_3d(data).astype(np.float32, copy=False)
-    shape = tuple(int(size) for size in shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"shape must be three positive voxel counts (x, y, z), got {shape}.")
+    data, shape = _float_volume_and_shape(data, shape)
     if shape == data.shape:
         return data.copy()
     zoom = np.array(shape) / np.array(data.shape)
@@ -974,10 +979,7 @@ def antialias(
     shape: tuple[int, int, int],  # shape (x, y, z) the volume will be resized to
 ) -> np.ndarray:
     "Smooth a volume with a Gaussian of sigma max(0, (input / output size - 1) / 2) voxels per axis before it is shrunk to `shape`; returns float32."
-    data = _as_3d(data).astype(np.float32, copy=False)
-    shape = tuple(int(size) for size in shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"shape must be three positive voxel counts (x, y, z), got {shape}.")
+    data, shape = _float_volume_and_shape(data, shape)
     sigma = [max(0.0, (before / after - 1) / 2) for before, after in zip(data.shape, shape)]
     if not any(sigma):
         return data.copy()
