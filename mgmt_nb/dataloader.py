@@ -376,6 +376,7 @@ def prepare_volumes(
     size=(256, 256, 64),  # (height, width, depth) in voxels after resizing
     cache_root=None,  # cache folder; default cache_dir("volumes")
     progress: bool = True,  # show a tqdm progress bar
+    log_skips: bool = True,  # log a warning per skipped patient; False for a second pass whose caller reports them
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Preprocess one sequence for every patient; return (ready patients with cache paths and reader warnings, skipped patients with reasons)."
     sequence_columns = [c for c in table.columns if c not in ("patient_id", LABEL_COLUMN, SEGMENTATION_COLUMN)]
@@ -389,7 +390,8 @@ def prepare_volumes(
             path = cached_volume(source, size, cache_root, derived)
             warnings = cached_warnings(path)
         except (MGMTDataError, ValueError, NotImplementedError, OSError, zipfile.BadZipFile) as error:
-            logger.warning("skipped patient %s, %s: %s", patient_id, sequence, error)
+            if log_skips:
+                logger.warning("skipped patient %s, %s: %s", patient_id, sequence, error)
             skipped.append({"patient_id": patient_id, "sequence": sequence, "reason": str(error)})
             continue
         ready.append({"patient_id": patient_id, LABEL_COLUMN: int(label), "path": str(path), "warnings": warnings})

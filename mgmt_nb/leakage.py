@@ -1134,8 +1134,11 @@ def audit_cohorts(
     candidates, flagged_pairs = [], []
     train_paths, external_paths = {}, {}
     for sequence in tqdm(sequences, desc="leakage audit: volumes", disable=not progress):
-        train_ready, _ = prepare_volumes(train_table, sequence, size, cache_root, progress=False)
-        external_ready, _ = prepare_volumes(external_table, sequence, size, cache_root, progress=False)
+        # Training logs each skipped series when it prepares the cohorts; the audit counts them once.
+        train_ready, train_skipped = prepare_volumes(train_table, sequence, size, cache_root, progress=False, log_skips=False)
+        external_ready, external_skipped = prepare_volumes(external_table, sequence, size, cache_root, progress=False, log_skips=False)
+        if len(train_skipped) or len(external_skipped):
+            logger.info("%s: the audit leaves out %d training and %d external patients whose series could not be prepared", sequence, len(train_skipped), len(external_skipped))
         counts[f"train_{sequence}"], counts[f"external_{sequence}"] = len(train_ready), len(external_ready)
         if len(external_ready) == 0 or len(train_ready) < MIN_CENTRED_TRAIN:
             logger.warning(

@@ -109,6 +109,11 @@ def test_missing_series_is_skipped_and_listed(phantom_run):
     assert "Errno" not in row.reason.iloc[0]
     validation = pd.read_csv(phantom_run / "predictions_validation.csv", dtype={"patient_id": str})
     assert missing.parent.name not in set(validation.patient_id)
+    notebook = json.loads((phantom_run.parent / "phantom.ipynb").read_text())
+    logged = "".join(
+        "".join(output.get("text", "")) for cell in notebook["cells"] for output in cell.get("outputs", []) if output.get("name") == "stderr"
+    )
+    assert logged.count(f"skipped patient {missing.parent.name}") == 1, "the leakage audit logged the skip a second time"
 
 
 def test_bad_parameter_fails_with_clear_message(tmp_path, cache_root, phantom_pair):
