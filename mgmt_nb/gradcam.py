@@ -198,16 +198,29 @@ def upsample_map(
     return output
 
 
-_COMPILED_LIMIT = 8  # compiled map functions kept, one per model, layer and target; the oldest is dropped first
+_COMPILED_LIMIT = 8  # compiled map functions kept (one per model, layer and target), the oldest dropped first
 _compiled = OrderedDict()  # (id(model), layer name, target) -> (model, compiled function)
+
+
+def _cached_function(model: keras.Model, key: tuple, build):
+    "Return the compiled function cached for `model` and `key`, calling `build()` to make it when it is missing."
+    key = (id(model), *key)
+    if key in _compiled:
+        _compiled.move_to_end(key)
+        return _compiled[key][1]
+    _compiled[key] = (model, build())  # the entry keeps a reference to the model, so its id cannot be reused while it is cached
+    while len(_compiled) > _COMPILED_LIMIT:
+        _compiled.popitem(last=False)
+    return _compiled[key][1]
 
 
 def _map_function(model: keras.Model, container, layer, target: str):
     "Return a compiled function mapping a batch to (activations, gradients, logit, model output) for `layer` and `target`."
-    key = (id(model), layer.name, target)
-    if key in _compiled:
-        _compiled.move_to_end(key)
-        return _compiled[key][1]
+    return _cached_function(model, (layer.name, target), lambda: _build_map_function(model, container, layer, target))
+
+
+def _build_map_function(model: keras.Model, container, layer, target: str):
+    "Compile the forward and backward pass of a Grad-CAM map for `layer` and `target`."
     forward = _activations_and_logit(model, container, layer)
     sign = 1.0 if target == "methylated" else -1.0
 
@@ -224,9 +237,6 @@ def _map_function(model: keras.Model, container, layer, target: str):
             connected = True
         return activations, gradients, logit, model(batch, training=False), connected
 
-    _compiled[key] = (model, run)  # the entry keeps a reference to the model, so its id cannot be reused while it is cached
-    while len(_compiled) > _COMPILED_LIMIT:
-        _compiled.popitem(last=False)
     return run
 
 
@@ -243,7 +253,7 @@ def head_mask(
 
 
 def _checked_region(region, shape: tuple) -> np.ndarray | None:
-    "Return `region` as a boolean array of `shape`, or None; raise ValueError for another shape."
+    "Return `region` as a boolean array of `shape`, or None for None. Raise ValueError for another shape."
     if region is None:
         return None
     region = np.asarray(region, dtype=bool)
@@ -326,10 +336,11 @@ METHODS = ("grad_cam", "input_gradient")  # attribution methods of save_gradcam_
 
 def _input_gradient_function(model: keras.Model):
     "Return a compiled function mapping a batch to (d logit / d input, logit, model output)."
-    key = (id(model), None, "input_gradient")
-    if key in _compiled:
-        _compiled.move_to_end(key)
-        return _compiled[key][1]
+    return _cached_function(model, (None, "input_gradient"), lambda: _build_input_gradient_function(model))
+
+
+def _build_input_gradient_function(model: keras.Model):
+    "Compile the forward pass to the logit and its gradient with respect to the input."
     # The logit is computed through the default layer's chain, as for Grad-CAM, so that a confident
     # prediction keeps its gradient instead of losing it in the saturated sigmoid.
     forward = _activations_and_logit(model, *_default_layer(model))
@@ -341,9 +352,6 @@ def _input_gradient_function(model: keras.Model):
             _, logit = forward(batch)
         return tape.gradient(logit, batch), logit, model(batch, training=False)
 
-    _compiled[key] = (model, run)
-    while len(_compiled) > _COMPILED_LIMIT:
-        _compiled.popitem(last=False)
     return run
 
 
@@ -674,6 +682,7 @@ def save_gradcam_montages(
     output_dir = Path(output_dir) if output_dir is not None else run_dir / "gradcam"
     output_dir.mkdir(parents=True, exist_ok=True)
     model, _ = load_run_model(run_dir)
+    suffix = "" if method == "grad_cam" else f"_{method}"  # file names of the Grad-CAM outputs stay as before
 
     records = []
     for patient_id in patients:
@@ -700,7 +709,6 @@ def save_gradcam_montages(
             + (", tumour outline in green" if has_masks else "")
         )
         figure = plot_gradcam(volume, result["map"], np.stack(masks, axis=-1) if has_masks else None, title=title, synthetic=synthetic, channel_names=sequences)
-        suffix = "" if method == "grad_cam" else f"_{method}"
         png = output_dir / f"{cohort}_{patient_id}{suffix}.png"
         figure.savefig(png, dpi=100, bbox_inches="tight")
         plt.close(figure)
@@ -717,7 +725,7 @@ def save_gradcam_montages(
             })
     frame = pd.DataFrame(records)
     frame.attrs["synthetic"] = synthetic
-    frame.to_csv(output_dir / f"{cohort}{'' if method == 'grad_cam' else '_' + method}_mass_fractions.csv", index=False)
+    frame.to_csv(output_dir / f"{cohort}{suffix}_mass_fractions.csv", index=False)
     if synthetic:
         logger.info("Grad-CAM maps of a synthetic phantom cohort. %s", SYNTHETIC_NOTE)
     return frame

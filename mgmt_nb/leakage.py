@@ -1134,7 +1134,7 @@ def audit_cohorts(
     candidates, flagged_pairs = [], []
     train_paths, external_paths = {}, {}
     for sequence in tqdm(sequences, desc="leakage audit: volumes", disable=not progress):
-        # Training logs each skipped series when it prepares the cohorts; the audit counts them once.
+        # Training logs each skipped series when it prepares the cohorts, so the audit only counts them.
         train_ready, train_skipped = prepare_volumes(train_table, sequence, size, cache_root, progress=False, log_skips=False)
         external_ready, external_skipped = prepare_volumes(external_table, sequence, size, cache_root, progress=False, log_skips=False)
         if len(train_skipped) or len(external_skipped):

@@ -36,11 +36,19 @@ def test_metrics_are_labelled_synthetic(phantom_run):
     assert metrics["auc_interval"] == "95% stratified percentile bootstrap, 2000 resamples, seed 0"
 
 
-def test_printed_results_name_interval_and_small_cohorts(phantom_run):
-    notebook = json.loads((phantom_run.parent / "phantom.ipynb").read_text())
-    printed = "".join(
-        "".join(output.get("text", "")) for cell in notebook["cells"] for output in cell.get("outputs", []) if output.get("name") == "stdout"
-    )
+def notebook_stream(path: Path, stream: str) -> str:
+    "Return the text an executed notebook wrote to `stream` (stdout or stderr), all cells joined."
+    notebook = json.loads(path.read_text())
+    texts = []
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            if output.get("name") == stream:
+                texts.append("".join(output.get("text", "")))
+    return "".join(texts)
+
+
+def test_printed_interval_and_cohort_warning(phantom_run):
+    printed = notebook_stream(phantom_run.parent / "phantom.ipynb", "stdout")
     assert "AUC [95% stratified percentile bootstrap, 2000 resamples, seed 0 confidence interval]" in printed
     assert "external (synthetic phantom): AUC" in printed
     assert "WARNING: the external cohort has 8 patients" in printed
@@ -109,10 +117,7 @@ def test_missing_series_is_skipped_and_listed(phantom_run):
     assert "Errno" not in row.reason.iloc[0]
     validation = pd.read_csv(phantom_run / "predictions_validation.csv", dtype={"patient_id": str})
     assert missing.parent.name not in set(validation.patient_id)
-    notebook = json.loads((phantom_run.parent / "phantom.ipynb").read_text())
-    logged = "".join(
-        "".join(output.get("text", "")) for cell in notebook["cells"] for output in cell.get("outputs", []) if output.get("name") == "stderr"
-    )
+    logged = notebook_stream(phantom_run.parent / "phantom.ipynb", "stderr")
     assert logged.count(f"skipped patient {missing.parent.name}") == 1, "the leakage audit logged the skip a second time"
 
 
