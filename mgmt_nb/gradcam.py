@@ -22,15 +22,17 @@ from .core import LABEL_COLUMN, PHANTOM_MARKER, SYNTHETIC_NOTE, MGMTDataError, l
 from .data import Volume, dark_border_box, read_volume
 
 # %% auto #0
-__all__ = ['TARGETS', 'MIN_MAP_CELLS', 'METHODS', 'MIN_DRAWN_VALUE', 'PLANES', 'gradcam_layer', 'layers_by_resolution',
-           'upsample_map', 'head_mask', 'compute_grad_cam', 'grad_cam', 'input_gradient_map', 'preprocess_mask',
-           'resample_mask', 'phantom_tumour_masks', 'cam_mass_fraction', 'plot_gradcam', 'load_run_model',
-           'confident_correct', 'tumour_mask', 'load_patient_inputs', 'save_gradcam_montages']
+__all__ = ['TARGETS', 'WEIGHTINGS', 'MIN_MAP_CELLS', 'FINEST_LAYER', 'METHODS', 'MIN_DRAWN_VALUE', 'PLANES', 'gradcam_layer',
+           'layers_by_resolution', 'upsample_map', 'head_mask', 'compute_grad_cam', 'grad_cam', 'input_gradient_map',
+           'preprocess_mask', 'resample_mask', 'phantom_tumour_masks', 'cam_mass_fraction', 'plot_gradcam',
+           'load_run_model', 'confident_correct', 'tumour_mask', 'load_patient_inputs', 'save_gradcam_montages']
 
 # %% ../nbs/08_gradcam.ipynb #6a1cf3dc
-TARGETS = ("methylated", "unmethylated")  # classes a map can explain; "unmethylated" uses the negated logit
+TARGETS = ("methylated", "unmethylated", "absolute")  # "unmethylated" uses the negated logit; "absolute" keeps |map|, evidence for either class
+WEIGHTINGS = ("grad_cam", "hires_cam")  # channel-mean gradient weights (Grad-CAM) or element-wise gradient x activation (HiResCAM)
 _SHIFTED_GRID_LAYERS = (keras.layers.ZeroPadding3D, keras.layers.Cropping3D)  # their output grid is offset from the input's
 MIN_MAP_CELLS = 8  # minimum cells along x and y of the default layer's map
+FINEST_LAYER = "finest"  # layer argument for the last usable layer at the backbone's finest resolution below the input's
 
 
 def _nested_models(model: keras.Model) -> list:
@@ -81,6 +83,11 @@ def _resolve_layer(model: keras.Model, layer: str | None = None):
     "Return (container, layer) for a layer name or the default, raising ValueError when the layer has no usable 5D output."
     if layer is None:
         return _default_layer(model)
+    if layer == FINEST_LAYER:
+        finest = next(iter(layers_by_resolution(model)), None)
+        if finest is None:  # no feature map below the input's size
+            return _default_layer(model)
+        layer = finest
     container, found = _named_layer(model, str(layer))
     if isinstance(found, _SHIFTED_GRID_LAYERS):
         raise ValueError(
@@ -99,7 +106,7 @@ def _resolve_layer(model: keras.Model, layer: str | None = None):
 
 def gradcam_layer(
     model: keras.Model,  # classifier from build_model, or any functional 3D CNN ending in Dense(1)
-    layer: str | None = None,  # layer name to check, or None for the default
+    layer: str | None = None,  # layer name to check, "finest" (FINEST_LAYER), or None for the default
 ) -> str:
     "Return the name of the layer `grad_cam` uses for `layer`, or raise ValueError when that layer cannot be used."
     return _resolve_layer(model, layer)[1].name
@@ -216,13 +223,14 @@ def _cached_function(model: keras.Model, key: tuple, build):
 
 def _map_function(model: keras.Model, container, layer, target: str):
     "Return a compiled function mapping a batch to (activations, gradients, logit, model output) for `layer` and `target`."
-    return _cached_function(model, (layer.name, target), lambda: _build_map_function(model, container, layer, target))
+    score = "unmethylated" if target == "unmethylated" else "methylated"  # "absolute" differentiates the logit, as "methylated" does
+    return _cached_function(model, (layer.name, score), lambda: _build_map_function(model, container, layer, score))
 
 
 def _build_map_function(model: keras.Model, container, layer, target: str):
     "Compile the forward and backward pass of a Grad-CAM map for `layer` and `target`."
     forward = _activations_and_logit(model, container, layer)
-    sign = 1.0 if target == "methylated" else -1.0
+    sign = -1.0 if target == "unmethylated" else 1.0
 
     @tf.function(reduce_retracing=True)
     def run(batch):
@@ -295,13 +303,16 @@ def _scaled_map(values: np.ndarray, region: np.ndarray | None, description: str)
 def compute_grad_cam(
     model: keras.Model,  # binary classifier ending in Dense(1), such as build_model's
     volume,  # preprocessed input (x, y, z, channels), or (x, y, z) for one channel, values in [0, 1]
-    layer: str | None = None,  # 5D layer name; None: see gradcam_layer
-    target: str = "methylated",  # class to explain: "methylated" (logit) or "unmethylated" (negated logit)
+    layer: str | None = None,  # 5D layer name, "finest" (FINEST_LAYER); None: see gradcam_layer
+    target: str = "methylated",  # "methylated" (logit), "unmethylated" (negated logit) or "absolute" (|map|: evidence for either class)
     region=None,  # boolean (x, y, z) mask, such as head_mask(volume): the map is set to 0 outside it before scaling; None keeps the whole volume
+    weighting: str = "grad_cam",  # "grad_cam" (one weight per channel, the mean gradient) or "hires_cam" (gradient x activation per voxel)
 ) -> dict:
-    "Compute a Grad-CAM map and return it in a dict with the layer name, the logit, the probability, the target and the map's share outside `region`."
+    "Compute a Grad-CAM (or HiResCAM) map and return it in a dict with the layer name, the logit, the probability, the target, the weighting and the map's share outside `region`."
     if target not in TARGETS:
         raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}.")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}.")
     container, found = _resolve_layer(model, layer)
     batch = tf.convert_to_tensor(_as_input(model, volume)[None])
     region = _checked_region(region, batch.shape[1:4])
@@ -311,24 +322,29 @@ def compute_grad_cam(
     probability = _checked_probability(model, logit, output, f"layer {found.name!r}")
 
     activations = tf.cast(activations, tf.float32)[0]
-    weights = tf.reduce_mean(tf.cast(gradients, tf.float32)[0], axis=(0, 1, 2))  # one weight per channel
-    coarse = tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1)).numpy()
-    cam, outside = _scaled_map(upsample_map(coarse, batch.shape[1:4]), region, f"Grad-CAM map of layer {found.name} for {target}")
+    weights = tf.cast(gradients, tf.float32)[0]
+    if weighting == "grad_cam":
+        weights = tf.reduce_mean(weights, axis=(0, 1, 2))  # one weight per channel
+    contribution = tf.reduce_sum(activations * weights, axis=-1)
+    coarse = (tf.abs(contribution) if target == "absolute" else tf.nn.relu(contribution)).numpy()
+    description = f"{'Grad-CAM' if weighting == 'grad_cam' else 'HiResCAM'} map of layer {found.name} for {target}"
+    cam, outside = _scaled_map(upsample_map(coarse, batch.shape[1:4]), region, description)
     return {
         "map": cam, "layer": found.name, "logit": float(logit[0]), "probability": probability,
-        "target": target, "outside_fraction": outside,
+        "target": target, "weighting": weighting, "outside_fraction": outside,
     }
 
 
 def grad_cam(
     model: keras.Model,  # binary classifier ending in Dense(1), such as build_model's
     volume,  # preprocessed input (x, y, z, channels), or (x, y, z) for one channel, values in [0, 1]
-    layer: str | None = None,  # 5D layer name; None: see gradcam_layer
-    target: str = "methylated",  # class to explain: "methylated" (logit) or "unmethylated" (negated logit)
+    layer: str | None = None,  # 5D layer name, "finest" (FINEST_LAYER); None: see gradcam_layer
+    target: str = "methylated",  # "methylated" (logit), "unmethylated" (negated logit) or "absolute" (|map|: evidence for either class)
     region=None,  # boolean (x, y, z) mask: the map is set to 0 outside it before scaling; None keeps the whole volume
+    weighting: str = "grad_cam",  # "grad_cam" (mean gradient per channel) or "hires_cam" (gradient x activation per voxel)
 ) -> np.ndarray:
     "Compute the Grad-CAM map of `volume` for `target` as float32 (x, y, z) in [0, 1] on the input grid."
-    return compute_grad_cam(model, volume, layer, target, region)["map"]
+    return compute_grad_cam(model, volume, layer, target, region, weighting)["map"]
 
 # %% ../nbs/08_gradcam.ipynb #e8ad68c1
 METHODS = ("grad_cam", "input_gradient")  # attribution methods of save_gradcam_montages
@@ -634,13 +650,21 @@ def load_patient_inputs(
     return np.stack(channels, axis=-1), masks
 
 
+def _map_title(result: dict) -> str:
+    "Describe a compute_grad_cam result in a figure title."
+    name = "Grad-CAM" if result["weighting"] == "grad_cam" else "HiResCAM"
+    explained = "|map| for either class" if result["target"] == "absolute" else f"map of the {result['target']} class"
+    return f"{name} {explained} at layer {result['layer']}"
+
+
 def save_gradcam_montages(
     run_dir,  # run folder written by nbs/05_train.ipynb (params.json, best.weights.h5, predictions_<cohort>.csv)
     patients=None,  # patient ids, or None for the `top_k` most confident correct predictions
     cohort: str = "external",  # "external" (the run's external_dir) or "validation" (patients of its data_dir)
     top_k: int = 4,  # number of patients when `patients` is None
-    target: str = "predicted",  # "predicted" (the class predicted at the run's threshold), "methylated" or "unmethylated"
-    layer: str | None = None,  # layer name for grad_cam; None: see gradcam_layer
+    target: str = "absolute",  # "absolute" (either class), "predicted" (the class predicted at the run's threshold), "methylated" or "unmethylated"
+    layer: str | None = FINEST_LAYER,  # layer name, FINEST_LAYER, or None for gradcam_layer's default
+    weighting: str = "hires_cam",  # "hires_cam" or "grad_cam", see compute_grad_cam
     within_head: bool = True,  # zero the map outside head_mask(volume) and measure shares inside the head; False: whole volume
     method: str = "grad_cam",  # "grad_cam", or "input_gradient" for input_gradient_map (`target` and `layer` then play no part)
     output_dir=None,  # folder for the PNG files and the table; default run_dir / "gradcam"
@@ -653,7 +677,9 @@ def save_gradcam_montages(
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}.")
     if target not in ("predicted", *TARGETS):
-        raise ValueError(f"target must be 'predicted', 'methylated' or 'unmethylated', got {target!r}.")
+        raise ValueError(f"target must be one of {['predicted', *TARGETS]}, got {target!r}.")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}.")
     run_dir = Path(run_dir)
     params = _read_params(run_dir)
     root = params.get("external_dir") if cohort == "external" else params.get("data_dir")
@@ -682,7 +708,12 @@ def save_gradcam_montages(
     output_dir = Path(output_dir) if output_dir is not None else run_dir / "gradcam"
     output_dir.mkdir(parents=True, exist_ok=True)
     model, _ = load_run_model(run_dir)
-    suffix = "" if method == "grad_cam" else f"_{method}"  # file names of the Grad-CAM outputs stay as before
+    # Files of the default map carry no suffix. The other maps name their method or weighting.
+    suffix = ""
+    if method != "grad_cam":
+        suffix = f"_{method}"
+    elif weighting != "hires_cam":
+        suffix = f"_{weighting}"
 
     records = []
     for patient_id in patients:
@@ -695,7 +726,7 @@ def save_gradcam_montages(
         head = head_mask(volume)
         region = head if within_head else None
         if method == "grad_cam":
-            result = compute_grad_cam(model, volume, layer, patient_target, region=region)
+            result = compute_grad_cam(model, volume, layer, patient_target, region=region, weighting=weighting)
         else:
             result = input_gradient_map(model, volume, region=region)
             patient_target = result["target"]
@@ -704,7 +735,7 @@ def save_gradcam_montages(
         has_masks = all(mask is not None for mask in masks)
         title = (
             f"patient {patient_id} ({cohort}), {LABEL_COLUMN} {int(row[LABEL_COLUMN])}, p = {probability:.2f}\n"
-            + (f"map of the {patient_target} class at layer {result['layer']}" if method == "grad_cam" else "|input gradient × input|")
+            + (_map_title(result) if method == "grad_cam" else "|input gradient × input|")
             + (" inside the head" if within_head else "")
             + (", tumour outline in green" if has_masks else "")
         )
@@ -721,6 +752,7 @@ def save_gradcam_montages(
                 "patient_id": patient_id, LABEL_COLUMN: int(row[LABEL_COLUMN]), "probability": probability,
                 "target": patient_target, "layer": result["layer"], "sequence": sequence, **fractions,
                 "outside_head": outside_head, "within_head": within_head, "method": method,
+                "weighting": result.get("weighting", ""),
                 "png": str(png), "synthetic": synthetic,
             })
     frame = pd.DataFrame(records)

@@ -128,6 +128,10 @@ def test_montages_of_trained_run(phantom_run, cohort, tmp_path):
         assert row.MGMT_value == predictions.loc[row.patient_id, LABEL_COLUMN]
         assert row.probability == pytest.approx(predictions.loc[row.patient_id, "probability"], abs=1e-4)
         assert 0 < row.volume_fraction < 0.2
+    # The default map: HiResCAM's absolute map at the finest layer.
+    assert set(table.weighting) == {"hires_cam"}
+    assert set(table.target) == {"absolute"}
+    assert set(table.layer) == {"relu0"}
     saved = pd.read_csv(tmp_path / f"{cohort}_mass_fractions.csv", dtype={"patient_id": str})
     assert list(saved.patient_id) == list(table.patient_id)
 
@@ -137,5 +141,12 @@ def test_montages_named_patients_and_target(phantom_run, tmp_path):
     table = save_gradcam_montages(phantom_run, patients=[patient_id], target="unmethylated", layer="stage2_unit1_relu1", output_dir=tmp_path)
     assert list(table.target) == ["unmethylated"]
     assert list(table.layer) == ["stage2_unit1_relu1"]
+    classic = save_gradcam_montages(phantom_run, patients=[patient_id], target="predicted", layer=None, weighting="grad_cam", output_dir=tmp_path)
+    assert list(classic.weighting) == ["grad_cam"]
+    assert list(classic.layer) == ["stage2_unit1_relu1"]
+    assert list(classic.target) in (["methylated"], ["unmethylated"])
+    assert (tmp_path / f"external_{patient_id}_grad_cam.png").is_file()
+    with pytest.raises(ValueError, match="weighting must be"):
+        save_gradcam_montages(phantom_run, patients=[patient_id], weighting="gradcam", output_dir=tmp_path)
     with pytest.raises(ValueError, match="target must be"):
         save_gradcam_montages(phantom_run, patients=[patient_id], target="both", output_dir=tmp_path)

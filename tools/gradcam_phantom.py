@@ -11,10 +11,11 @@ of the map's mass inside the tumour (enhancing + core + oedema) next to the tumo
 head, with the map set to 0 outside `head_mask` (the "head" rows), and next to the tumour's share
 of the whole volume for the unmasked map (the "volume" rows):
 
-1. montages and a per-patient table at grad_cam's default layer (map of the predicted class, inside
-   the head), with a summary per predicted class;
-2. a sweep over one layer per resolution (`layers_by_resolution`), for the predicted class and for
-   each class, for the trained model and for a control with random weights;
+1. montages and a per-patient table with save_gradcam_montages' default map (HiResCAM's absolute
+   map at the finest layer, inside the head), with a summary per predicted class;
+2. a sweep over one layer per resolution (`layers_by_resolution`, or the `--layer` names) and each
+   `--weighting`, for the predicted class, each class and the absolute map, for the trained model
+   and for a control with random weights;
 3. the same share for the absolute input gradient times the input, a finer attribution than Grad-CAM;
 4. a check for a shortcut that needs no tumour: the mean preprocessed intensity of the brain outside
    the tumour, and its AUC for the label over the whole cohort, under each normalisation method
@@ -32,6 +33,7 @@ of a sweep run take about a minute:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -63,6 +65,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--layer", action="append", help="layer name for the sweep, repeatable (default: one layer per resolution, from layers_by_resolution)")
     parser.add_argument("--epochs", type=int, default=12, help="epochs of a new training run")
     parser.add_argument("--phantom-train", type=int, default=80, help="phantom training patients of a new training run")
+    parser.add_argument("--weighting", action="append", choices=("grad_cam", "hires_cam"), help="map weighting for the sweep, repeatable (default: grad_cam)")
     parser.add_argument("--no-control", action="store_true", help="skip the control model with random weights")
     parser.add_argument("--shortcut-only", action="store_true", help="run only part 4, the shortcut check")
     return parser.parse_args(argv)
@@ -189,10 +192,10 @@ def shortcut_check(cohort_root: Path, sequences: list, size: tuple) -> pd.DataFr
     return summary.reset_index()
 
 
-def layer_sweep(runs: dict, patients: list, cohort_root: Path, params: dict, threshold: float, layers) -> pd.DataFrame:
-    "Return the mean share of the map inside the tumour per model, layer and target class, and of the input gradient per model."
+def layer_sweep(runs: dict, patients: list, cohort_root: Path, params: dict, threshold: float, layers, weightings=("grad_cam",)) -> pd.DataFrame:
+    "Return the mean share of the map inside the tumour per model, layer, weighting and target, and of the input gradient per model."
     from mgmt_nb.dataloader import cohort_table
-    from mgmt_nb.gradcam import cam_mass_fraction, compute_grad_cam, head_mask, layers_by_resolution, load_patient_inputs, load_run_model
+    from mgmt_nb.gradcam import TARGETS, cam_mass_fraction, compute_grad_cam, head_mask, layers_by_resolution, load_patient_inputs, load_run_model
 
     size = (params["image_size"], params["image_size"], params["depth"])
     table = cohort_table(cohort_root, sequences=params["sequences"]).set_index("patient_id", drop=False)
@@ -201,21 +204,20 @@ def layer_sweep(runs: dict, patients: list, cohort_root: Path, params: dict, thr
     for name, folder in runs.items():
         model, _ = load_run_model(folder)
         sizes = layers_by_resolution(model)
-        for layer in layers or list(sizes):
-            for target in ("predicted", "methylated", "unmethylated"):
-                head_shares, volume_shares = [], []
-                for patient_id, (volume, masks) in inputs.items():
-                    probability = float(np.asarray(model(volume[None], training=False)).reshape(-1)[0])
-                    explained = target
-                    if target == "predicted":
-                        explained = "methylated" if probability >= threshold else "unmethylated"
-                    head = head_mask(volume)
-                    result = compute_grad_cam(model, volume, layer, explained, region=head)
-                    head_shares.append({**cam_mass_fraction(result["map"], masks[0], within=head), "outside_head": result["outside_fraction"]})
-                    volume_shares.append(cam_mass_fraction(compute_grad_cam(model, volume, layer, explained)["map"], masks[0]))
-                method = f"Grad-CAM {layer} {sizes.get(layer, '')}"
-                records.append(summarise_shares(name, method, target, "head", head_shares))
-                records.append(summarise_shares(name, method, target, "volume", volume_shares))
+        for layer, weighting, target in itertools.product(layers or list(sizes), weightings, ("predicted", *TARGETS)):
+            head_shares, volume_shares = [], []
+            for patient_id, (volume, masks) in inputs.items():
+                probability = float(np.asarray(model(volume[None], training=False)).reshape(-1)[0])
+                explained = target
+                if target == "predicted":
+                    explained = "methylated" if probability >= threshold else "unmethylated"
+                head = head_mask(volume)
+                result = compute_grad_cam(model, volume, layer, explained, region=head, weighting=weighting)
+                head_shares.append({**cam_mass_fraction(result["map"], masks[0], within=head), "outside_head": result["outside_fraction"]})
+                volume_shares.append(cam_mass_fraction(compute_grad_cam(model, volume, layer, explained, weighting=weighting)["map"], masks[0]))
+            method = f"{'Grad-CAM' if weighting == 'grad_cam' else 'HiResCAM'} {layer} {sizes.get(layer, '')}"
+            records.append(summarise_shares(name, method, target, "head", head_shares))
+            records.append(summarise_shares(name, method, target, "volume", volume_shares))
         shares = [input_gradient_share(model, volume, masks[0], head_mask(volume)) for volume, masks in inputs.values()]
         records.append(summarise_shares(name, "|input gradient x input|", "methylated", "head", shares))
     return pd.DataFrame(records)
@@ -233,10 +235,11 @@ def summarise_shares(model_name: str, method: str, target: str, reference: str, 
     }
 
 
-def summarise_by_class(table: pd.DataFrame) -> pd.DataFrame:
-    "Return the enrichment of part 1 per predicted class and over all patients: count, mean, median and the share above 1."
+def summarise_by_class(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    "Return the enrichment of part 1 per class predicted at `threshold` and over all patients: count, mean, median and the share above 1."
+    predicted = np.where(table.probability >= threshold, "methylated", "unmethylated")
     rows = []
-    for name, group in [*table.groupby("target"), ("all", table)]:
+    for name, group in [*table.groupby(predicted), ("all", table)]:
         rows.append({
             "predicted class": name, "patients": len(group), "enrichment_mean": group.enrichment.mean(),
             "enrichment_median": group.enrichment.median(), "above_1": float((group.enrichment > 1).mean()),
@@ -277,13 +280,14 @@ def main(argv=None) -> None:
     output = arguments.work_dir / "gradcam"
     table = save_gradcam_montages(run_dir, patients, cohort=arguments.cohort, output_dir=output)
     columns = ["patient_id", "MGMT_value", "probability", "target", "mass_fraction", "volume_fraction", "enrichment", "outside_head"]
-    print_table(f"1. Grad-CAM of the predicted class at the default layer {table.layer.iloc[0]} inside the head, SYNTHETIC phantom patients (montages in {output}):", table[columns])
-    print_table("1b. Enrichment of those maps per predicted class (SYNTHETIC):", summarise_by_class(table))
+    first = table.iloc[0]
+    print_table(f"1. Default map ({first.weighting}, {first.target}) at layer {first.layer} inside the head, SYNTHETIC phantom patients (montages in {output}):", table[columns])
+    print_table("1b. Enrichment of those maps per predicted class (SYNTHETIC):", summarise_by_class(table, threshold))
 
     runs = {"trained": run_dir}
     if not arguments.no_control:
         runs["random weights"] = control_run(run_dir, arguments.work_dir)
-    sweep = layer_sweep(runs, patients, cohort_root, params, threshold, arguments.layer)
+    sweep = layer_sweep(runs, patients, cohort_root, params, threshold, arguments.layer, arguments.weighting or ("grad_cam",))
     print_table(f"2-3. Mean over {len(patients)} SYNTHETIC phantom patients: share of the map inside the tumour (mass_fraction) vs the tumour's share of the volume:", sweep)
 
     print_table(f"4. Shortcut check over the whole {arguments.cohort} cohort (SYNTHETIC):", shortcut_check(cohort_root, params["sequences"], (params["image_size"], params["image_size"], params["depth"])))
