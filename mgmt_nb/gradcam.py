@@ -75,7 +75,8 @@ def _named_layer(model: keras.Model, name: str):
     _, default = _default_layer(model)
     raise ValueError(
         f"layer {name!r} not found in model {model.name!r} or in its backbone. "
-        f"Pass the name of a layer with a 5D output, such as the default {default.name!r}."
+        f"Pass the name of a layer with a 5D output, such as {default.name!r} (the default of compute_grad_cam), "
+        f"or {FINEST_LAYER!r} for the last layer at the finest resolution (the default of save_gradcam_montages)."
     )
 
 
@@ -585,11 +586,25 @@ def confident_correct(
     threshold: float = 0.5,  # decision threshold on the probability
     top_k: int = 4,  # number of patients to return
 ) -> list[str]:
-    "Return the ids of the `top_k` correctly classified patients farthest from `threshold`, most confident first."
+    "Return the ids of up to `top_k` correctly classified patients farthest from `threshold`, half from each class where it has enough, most confident first."
     predicted = (predictions["probability"] >= threshold).astype(int)
     correct = predictions[predicted == predictions[LABEL_COLUMN]]
-    order = (correct["probability"] - threshold).abs().sort_values(ascending=False, kind="stable").index
-    return [str(patient_id) for patient_id in correct.loc[order, "patient_id"].head(top_k)]
+    confidence = (correct["probability"] - threshold).abs()
+    by_class = {
+        label: confidence[correct[LABEL_COLUMN] == label].sort_values(ascending=False, kind="stable").index.tolist()
+        for label in (1, 0)
+    }
+    # A run whose threshold sits near one end has its most confident correct patients in one class,
+    # so each class gets half of the places, and a class with too few patients leaves them to the other.
+    shares = {1: (top_k + 1) // 2, 0: top_k // 2}
+    for label, other in ((1, 0), (0, 1)):
+        spare = shares[label] - len(by_class[label])
+        if spare > 0:
+            shares[label] -= spare
+            shares[other] += spare
+    chosen = by_class[1][:shares[1]] + by_class[0][:shares[0]]
+    chosen = confidence.loc[chosen].sort_values(ascending=False, kind="stable").index
+    return [str(patient_id) for patient_id in correct.loc[chosen, "patient_id"]]
 
 
 def _decision_threshold(run_dir: Path, cohort: str) -> float:
@@ -657,6 +672,21 @@ def _map_title(result: dict) -> str:
     return f"{name} {explained} at layer {result['layer']}"
 
 
+def _file_suffix(method: str, weighting: str, target: str, layer: str | None, within_head: bool) -> str:
+    "Return the file-name suffix of a montage setting: empty for the defaults, else each setting that differs from its default."
+    if method != "grad_cam":
+        parts = [method]  # the input-gradient map takes no weighting, target or layer
+    else:
+        parts = [weighting] if weighting != "hires_cam" else []
+        if target != "absolute":
+            parts.append(target)
+        if layer != FINEST_LAYER:
+            parts.append(layer or "default_layer")
+    if not within_head:
+        parts.append("whole_volume")
+    return "".join(f"_{part}" for part in parts)
+
+
 def save_gradcam_montages(
     run_dir,  # run folder written by nbs/05_train.ipynb (params.json, best.weights.h5, predictions_<cohort>.csv)
     patients=None,  # patient ids, or None for the `top_k` most confident correct predictions
@@ -696,8 +726,14 @@ def save_gradcam_montages(
         )
     threshold = _decision_threshold(run_dir, cohort)
     if patients is None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
         patients = confident_correct(pd.read_csv(predictions_path, dtype={"patient_id": str}), threshold, top_k)
+        if not patients:
+            raise ValueError(f"no patient of {predictions_path} is classified correctly at the threshold {threshold:.3f}. Pass patient ids instead.")
     patients = [str(patient_id) for patient_id in patients]
+    if not patients:
+        raise ValueError("patients is empty. Pass patient ids from the predictions file, or None for the most confident correct ones.")
     sequences = params["sequences"]
     size = (int(params["image_size"]), int(params["image_size"]), int(params["depth"]))
     table = cohort_table(root, sequences=sequences).set_index("patient_id", drop=False)
@@ -708,12 +744,7 @@ def save_gradcam_montages(
     output_dir = Path(output_dir) if output_dir is not None else run_dir / "gradcam"
     output_dir.mkdir(parents=True, exist_ok=True)
     model, _ = load_run_model(run_dir)
-    # Files of the default map carry no suffix. The other maps name their method or weighting.
-    suffix = ""
-    if method != "grad_cam":
-        suffix = f"_{method}"
-    elif weighting != "hires_cam":
-        suffix = f"_{weighting}"
+    suffix = _file_suffix(method, weighting, target, layer, within_head)
 
     records = []
     for patient_id in patients:

@@ -145,7 +145,7 @@ def test_montages_named_patients_and_target(phantom_run, tmp_path):
     assert list(classic.weighting) == ["grad_cam"]
     assert list(classic.layer) == ["stage2_unit1_relu1"]
     assert list(classic.target) in (["methylated"], ["unmethylated"])
-    assert (tmp_path / f"external_{patient_id}_grad_cam.png").is_file()
+    assert (tmp_path / f"external_{patient_id}_grad_cam_predicted_default_layer.png").is_file()
     with pytest.raises(ValueError, match="weighting must be"):
         save_gradcam_montages(phantom_run, patients=[patient_id], weighting="gradcam", output_dir=tmp_path)
     with pytest.raises(ValueError, match="target must be"):

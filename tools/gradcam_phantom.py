@@ -59,13 +59,13 @@ TRAIN_PARAMETERS = {
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, help="training run on the phantom to explain (default: runs/demo when usable, else a new run)")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/mgmt_nb_gradcam_phantom"), help="folder for a new training run and the maps")
-    parser.add_argument("--n-patients", type=int, default=10, help="number of patients, taken in file order from the predictions file")
-    parser.add_argument("--cohort", choices=("external", "validation"), default="external", help="cohort of the patients. The external NIfTI files keep the generator's grid, the DICOM validation series are resampled")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/mgmt_nb_gradcam_phantom"), help="folder for a new training run and the maps (default: %(default)s)")
+    parser.add_argument("--n-patients", type=int, default=10, help="number of patients, taken in file order from the predictions file (default: %(default)s)")
+    parser.add_argument("--cohort", choices=("external", "validation"), default="external", help="cohort of the patients (default: %(default)s). The external NIfTI files keep the generator's grid, the DICOM validation series are resampled")
     parser.add_argument("--layer", action="append", help="layer name for the sweep, repeatable (default: one layer per resolution, from layers_by_resolution)")
-    parser.add_argument("--epochs", type=int, default=12, help="epochs of a new training run")
-    parser.add_argument("--phantom-train", type=int, default=80, help="phantom training patients of a new training run")
-    parser.add_argument("--weighting", action="append", choices=("grad_cam", "hires_cam"), help="map weighting for the sweep, repeatable (default: grad_cam)")
+    parser.add_argument("--epochs", type=int, default=12, help="epochs of a new training run (default: %(default)s)")
+    parser.add_argument("--phantom-train", type=int, default=80, help="phantom training patients of a new training run (default: %(default)s)")
+    parser.add_argument("--weighting", action="append", choices=("grad_cam", "hires_cam"), help="map weighting for the sweep, repeatable (default: both grad_cam and hires_cam)")
     parser.add_argument("--no-control", action="store_true", help="skip the control model with random weights")
     parser.add_argument("--shortcut-only", action="store_true", help="run only part 4, the shortcut check")
     return parser.parse_args(argv)
@@ -77,8 +77,9 @@ def run_is_usable(run_dir: Path) -> tuple[bool, str]:
     from mgmt_nb.phantom import PHANTOM_VERSION
 
     params_path = run_dir / "params.json"
-    if not (params_path.is_file() and (run_dir / "best.weights.h5").is_file()):
-        return False, f"{run_dir} has no params.json and best.weights.h5"
+    missing = [name for name in ("params.json", "best.weights.h5") if not (run_dir / name).is_file()]
+    if missing:
+        return False, f"{run_dir} has no {' or '.join(missing)}; pass the folder of a finished training run"
     params = json.loads(params_path.read_text())
     info = phantom_info(params.get("external_dir") or "")
     if info is None:
@@ -152,6 +153,20 @@ def control_run(run_dir: Path, work_dir: Path, seed: int = 0) -> Path:
     return control
 
 
+def check_layers(run_dir: Path, layers: list) -> None:
+    "Exit with gradcam_layer's message when a --layer name cannot be used, before any map is computed."
+    from mgmt_nb.gradcam import gradcam_layer, load_run_model
+
+    if not layers:
+        return
+    model, _ = load_run_model(run_dir)
+    for layer in layers:
+        try:
+            gradcam_layer(model, layer)
+        except ValueError as error:
+            raise SystemExit(f"--layer {layer}: {error}") from None
+
+
 def print_table(title: str, frame: pd.DataFrame) -> None:
     print(f"\n{title}")
     print(frame.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
@@ -219,7 +234,7 @@ def layer_sweep(runs: dict, patients: list, cohort_root: Path, params: dict, thr
             records.append(summarise_shares(name, method, target, "head", head_shares))
             records.append(summarise_shares(name, method, target, "volume", volume_shares))
         shares = [input_gradient_share(model, volume, masks[0], head_mask(volume)) for volume, masks in inputs.values()]
-        records.append(summarise_shares(name, "|input gradient x input|", "methylated", "head", shares))
+        records.append(summarise_shares(name, "|input gradient x input|", "absolute", "head", shares))
     return pd.DataFrame(records)
 
 
@@ -251,11 +266,12 @@ def summarise_by_class(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
 def main(argv=None) -> None:
     arguments = parse_arguments(argv)
     from mgmt_nb.core import SYNTHETIC_NOTE, setup_logging
-    from mgmt_nb.gradcam import save_gradcam_montages
+    from mgmt_nb.gradcam import WEIGHTINGS, save_gradcam_montages
 
     setup_logging(logging.WARNING)
     print(SYNTHETIC_NOTE)
     run_dir = choose_run(arguments)
+    check_layers(run_dir, arguments.layer or [])
     params = json.loads((run_dir / "params.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text()).get("cohorts", {})
     for cohort, values in metrics.items():
@@ -287,7 +303,7 @@ def main(argv=None) -> None:
     runs = {"trained": run_dir}
     if not arguments.no_control:
         runs["random weights"] = control_run(run_dir, arguments.work_dir)
-    sweep = layer_sweep(runs, patients, cohort_root, params, threshold, arguments.layer, arguments.weighting or ("grad_cam",))
+    sweep = layer_sweep(runs, patients, cohort_root, params, threshold, arguments.layer, arguments.weighting or WEIGHTINGS)
     print_table(f"2-3. Mean over {len(patients)} SYNTHETIC phantom patients: share of the map inside the tumour (mass_fraction) vs the tumour's share of the volume:", sweep)
 
     print_table(f"4. Shortcut check over the whole {arguments.cohort} cohort (SYNTHETIC):", shortcut_check(cohort_root, params["sequences"], (params["image_size"], params["image_size"], params["depth"])))

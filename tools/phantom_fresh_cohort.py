@@ -35,9 +35,9 @@ import pandas as pd
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="training runs on the phantom (folders with params.json and best.weights.h5)")
-    parser.add_argument("--seed", type=int, default=7, help="generation seed of the fresh cohort; pick one the runs were not trained on")
-    parser.add_argument("--n-patients", type=int, default=80, help="patients of the fresh cohort, half of them methylated")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/mgmt_nb_fresh_cohort"), help="folder for the generated cohorts, reused when present")
+    parser.add_argument("--seed", type=int, default=7, help="generation seed of the fresh cohort, one the runs' cohorts were not generated with (default: %(default)s)")
+    parser.add_argument("--n-patients", type=int, default=80, help="patients of the fresh cohort, half of them methylated (default: %(default)s)")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/mgmt_nb_fresh_cohort"), help="folder for the generated cohorts, reused when present (default: %(default)s)")
     parser.add_argument("--layout-check", action="store_true", help="also score the validation patients written as NIfTI")
     return parser.parse_args(argv)
 
@@ -47,8 +47,9 @@ def read_run(run_dir: Path) -> dict:
     from mgmt_nb.core import phantom_info
 
     params_path = run_dir / "params.json"
-    if not (params_path.is_file() and (run_dir / "best.weights.h5").is_file()):
-        raise SystemExit(f"{run_dir} has no params.json and best.weights.h5. Pass the folder of a finished training run.")
+    missing = [name for name in ("params.json", "best.weights.h5") if not (run_dir / name).is_file()]
+    if missing:
+        raise SystemExit(f"{run_dir} has no {' or '.join(missing)}. Pass the folder of a finished training run.")
     params = json.loads(params_path.read_text())
     if phantom_info(params.get("data_dir") or "") is None:
         raise SystemExit(f"{run_dir} was not trained on a phantom cohort, so no fresh cohort of the same kind can be drawn.")
