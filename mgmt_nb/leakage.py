@@ -1128,7 +1128,7 @@ def audit_cohorts(
             train_labels=train_table.set_index("patient_id")[LABEL_COLUMN],
             external_labels=external_table.set_index("patient_id")[LABEL_COLUMN],
         )
-        overlap.to_csv(output_dir / "identity_overlap.csv", index=False)
+        overlap.assign(synthetic=synthetic).to_csv(output_dir / "identity_overlap.csv", index=False)
 
     counts = {"train": len(train_table), "external": len(external_table)}
     candidates, flagged_pairs = [], []
@@ -1165,10 +1165,11 @@ def audit_cohorts(
         plt.close(ax.figure)
 
     candidate_table = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame(columns=CANDIDATE_COLUMNS)
-    candidate_table.to_csv(output_dir / "candidates.csv", index=False)
+    # Each table carries the synthetic flag, so a file read on its own still says where its data came from.
+    candidate_table.assign(synthetic=synthetic).to_csv(output_dir / "candidates.csv", index=False)
     pair_table = pd.concat(flagged_pairs, ignore_index=True) if flagged_pairs else pd.DataFrame(columns=CANDIDATE_COLUMNS)
     flagged = _flagged_patients(overlap, pair_table, min_sequences)
-    flagged.to_csv(output_dir / "flagged_patients.csv", index=False)
+    flagged.assign(synthetic=synthetic).to_csv(output_dir / "flagged_patients.csv", index=False)
     parameters = {
         "sequences": sequences, "size": tuple(size), "grid": SIGNATURE_GRID, "max_shift": max_shift,
         "flip": True, "top_k": top_k, "min_sequences": min_sequences,

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from tqdm import tqdm
 
-from .core import SYNTHETIC_NOTE, logger
+from .core import SYNTHETIC_NOTE, is_synthetic, logger
 from .evaluate import SEQUENCE_LABELS, SELECTION_RULES, build_ensembles, format_auc, load_runs, plot_forest
 from .evaluate import _chance_statement, results_table, select_model
 from .train import parse_sequences
@@ -128,7 +128,7 @@ def run_command(
     return [*command, "--log-output", "--no-progress-bar"]
 
 # %% ../nbs/09_sweep.ipynb #1924e700
-STATUS_COLUMNS = ["run_name", "status", "returncode", "seconds", "gpu", "log", "log_tail"]  # columns of sweep_status.csv
+STATUS_COLUMNS = ["run_name", "status", "returncode", "seconds", "gpu", "log", "log_tail", "synthetic"]  # columns of sweep_status.csv
 LOG_TAIL_LINES = 15  # lines of a failed run's log kept in the status table
 STOP_GRACE_SECONDS = 10  # after an interrupt, seconds a run gets to stop on SIGINT, then on SIGTERM, before SIGKILL
 
@@ -426,9 +426,18 @@ def _unexecuted_row(run_name: str, status: str, output_dir: Path) -> dict:
             "log": str(output_dir / run_name / "sweep.log"), "log_tail": ""}
 
 
-def _status_frame(rows: dict, names: list[str]) -> pd.DataFrame:
-    "Return the status table in plan order."
-    return pd.DataFrame([rows[name] for name in names], columns=STATUS_COLUMNS).astype({"returncode": "Int64"})
+def _trains_on_phantom(spec: dict) -> bool:
+    "True when a run uses a phantom cohort, as the training notebook decides: no data_dir, or a generated training or external cohort."
+    data_dir, external_dir = spec["params"].get("data_dir"), spec["params"].get("external_dir")
+    if data_dir is None:
+        return True
+    return is_synthetic(data_dir) or (external_dir is not None and is_synthetic(external_dir))
+
+
+def _status_frame(rows: dict, plan: list[dict]) -> pd.DataFrame:
+    "Return the status table in plan order, with each run's synthetic flag."
+    records = [{**rows[spec["run_name"]], "synthetic": _trains_on_phantom(spec)} for spec in plan]
+    return pd.DataFrame(records, columns=STATUS_COLUMNS).astype({"returncode": "Int64"})
 
 
 def _stop_runs(running: _RunningProcesses, grace: float = STOP_GRACE_SECONDS) -> list[str]:
@@ -522,7 +531,7 @@ def run_sweep(
             if spec["run_name"] not in rows:
                 state = "interrupted" if spec["run_name"] in stopped else "not started"
                 rows[spec["run_name"]] = _unexecuted_row(spec["run_name"], state, output_dir)
-        _status_frame(rows, names).to_csv(output_dir / "sweep_status.csv", index=False)
+        _status_frame(rows, plan).to_csv(output_dir / "sweep_status.csv", index=False)
         logger.warning(
             "sweep interrupted: %d runs finished or skipped, %d stopped, %d not started, as sweep_status.csv lists. "
             "Run the same command again to resume: a stopped run continues from its last finished epoch.",
@@ -533,7 +542,7 @@ def run_sweep(
     finally:
         executor.shutdown(wait=True)
 
-    status = _status_frame(rows, names)
+    status = _status_frame(rows, plan)
     status.to_csv(output_dir / "sweep_status.csv", index=False)
     failed = status[status.status == "failed"]
     if len(failed):

@@ -18,7 +18,7 @@ from .core import LABEL_COLUMN, SYNTHETIC_NOTE, logger
 # %% auto #0
 __all__ = ['VALIDATION_SCHEMES', 'resolve_cohorts', 'default_run_name', 'parse_sequences', 'make_strategy', 'set_precision',
            'check_validation', 'kfold_splits', 'combine_fold_predictions', 'shuffle_labels', 'save_params',
-           'make_callbacks', 'set_backbone_trainable', 'train_model', 'predict_frame']
+           'marked_csv_logger', 'make_callbacks', 'set_backbone_trainable', 'train_model', 'predict_frame']
 
 # %% ../nbs/05_train.ipynb #d9ccc2c3
 def resolve_cohorts(
@@ -185,10 +185,34 @@ def save_params(run_dir, params: dict, synthetic: bool) -> Path:
     return path
 
 # %% ../nbs/05_train.ipynb #6f08c88c
+def marked_csv_logger(
+    path,  # history.csv of the run or fold
+    synthetic: bool,  # value of the `synthetic` column of every row
+):
+    "Create an appending keras CSVLogger whose rows carry a constant `synthetic` column."
+    import keras
+
+    path = Path(path)
+    if path.is_file():
+        with path.open() as file:
+            header = file.readline().strip()
+        if header and "synthetic" not in header.split(","):
+            # A column added to an existing log would shift every later value against its header.
+            logger.info("%s was started without a synthetic column, so its appended rows have none either", path)
+            return keras.callbacks.CSVLogger(str(path), append=True)
+
+    class MarkedCSVLogger(keras.callbacks.CSVLogger):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, {**(logs or {}), "synthetic": bool(synthetic)})
+
+    return MarkedCSVLogger(str(path), append=True)
+
+
 def make_callbacks(
     run_dir,  # run folder that receives the log, checkpoint and backup
     patience: int = 3,  # epochs without a lower validation loss before early stopping
     best_val_loss: float | None = None,  # lowest validation loss of an earlier fit of the same run, so the checkpoint only improves on it
+    synthetic: bool = False,  # the data are a phantom cohort: history.csv gets a synthetic column of True
 ) -> list:
     "Create the training callbacks, all writing into `run_dir`."
     import keras
@@ -196,7 +220,7 @@ def make_callbacks(
     run_dir = Path(run_dir)
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        marked_csv_logger(run_dir / "history.csv", synthetic),
         keras.callbacks.ModelCheckpoint(
             str(run_dir / "best.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True,
             initial_value_threshold=best_val_loss,
@@ -222,6 +246,7 @@ def train_model(
     model_dir,  # folder that receives history.csv, best.weights.h5 and the backup of an unfinished fit
     params: dict,  # run parameters: arch, image_size, depth, sequences, weights, dropout, l2, bn_momentum, learning_rate, accumulation_steps, jit_compile, batch_size, epochs, freeze_epochs, patience, augment, seed
     strategy=None,  # tf.distribute strategy from make_strategy; None: the default strategy
+    synthetic: bool = False,  # the data are a phantom cohort, marked in history.csv
 ):  # the Keras model with the weights of the lowest validation loss when a checkpoint was written
     "Build, compile and fit one model, keeping the weights with the lowest validation loss in `model_dir/best.weights.h5`."
     import keras
@@ -260,14 +285,14 @@ def train_model(
     if freeze_epochs:
         set_backbone_trainable(model, arch, False)
         compile_for_fit(model)
-        model.fit(train_data, validation_data=val_data, epochs=freeze_epochs, callbacks=make_callbacks(model_dir, patience), shuffle=False, verbose=2)
+        model.fit(train_data, validation_data=val_data, epochs=freeze_epochs, callbacks=make_callbacks(model_dir, patience, synthetic=synthetic), shuffle=False, verbose=2)
         set_backbone_trainable(model, arch, True)
         compile_for_fit(model)
         first_epoch = freeze_epochs
     best_val_loss = pd.read_csv(model_dir / "history.csv")["val_loss"].min() if first_epoch else None
     model.fit(
         train_data, validation_data=val_data, initial_epoch=first_epoch, epochs=epochs,
-        callbacks=make_callbacks(model_dir, patience, best_val_loss), shuffle=False, verbose=2,
+        callbacks=make_callbacks(model_dir, patience, best_val_loss, synthetic), shuffle=False, verbose=2,
     )
     if (model_dir / "best.weights.h5").is_file():
         model.load_weights(model_dir / "best.weights.h5")

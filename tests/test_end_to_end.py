@@ -70,6 +70,16 @@ def test_history_has_one_row_per_epoch(phantom_run):
     assert 1 <= len(history) <= 2
 
 
+def test_every_csv_marks_synthetic(phantom_run):
+    tables = sorted(phantom_run.rglob("*.csv"))
+    names = {path.name for path in tables}
+    assert {"history.csv", "skipped.csv", "predictions_external.csv", "candidates.csv", "flagged_patients.csv"} <= names
+    for path in tables:
+        table = pd.read_csv(path)
+        assert "synthetic" in table.columns, f"{path} has no synthetic column"
+        assert table["synthetic"].astype(bool).all(), f"{path} marks a phantom row as real"
+
+
 def test_no_header_identifier_reaches_outputs(phantom_run, cache_root):
     sentinels = [SENTINEL_NAME_PREFIX, SENTINEL_ID_PREFIX, SENTINEL_BIRTH_DATE, SENTINEL_ACCESSION_PREFIX, SENTINEL_INSTITUTION]
     leaks = []
