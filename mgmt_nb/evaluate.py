@@ -25,10 +25,10 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from .core import LABEL_COLUMN, SEQUENCES, SYNTHETIC_NOTE, MGMTDataError, logger
 
 # %% auto #0
-__all__ = ['COHORTS', 'PREDICTION_COLUMNS', 'REAL_DATA_NOTE', 'SEQUENCE_LABELS', 'SELECTION_RULES',
+__all__ = ['COHORTS', 'PREDICTION_COLUMNS', 'REAL_DATA_NOTE', 'SEQUENCE_LABELS', 'SEED_SUMMARY_COLUMNS', 'SELECTION_RULES',
            'PUBLISHED_EXTERNAL_AUC_RANGE', 'auc_ci', 'delong_test', 'delong_ci', 'binary_metrics', 'youden_threshold',
            'format_auc', 'auc_interval_description', 'write_metrics', 'external_metrics', 'reported_cohorts',
-           'load_runs', 'results_table', 'select_model', 'plot_roc', 'plot_forest', 'reliability_curve',
+           'load_runs', 'results_table', 'seed_summary', 'select_model', 'plot_roc', 'plot_forest', 'reliability_curve',
            'plot_reliability', 'ensemble_mean', 'stack_predictions', 'build_ensembles', 'delong_table',
            'plot_loss_curves', 'summary_cli']
 
@@ -597,6 +597,53 @@ def results_table(
     table.attrs["caption"] = caption
     table.attrs["synthetic"] = synthetic
     return table
+
+# %% ../nbs/07_evaluate.ipynb #5eed0a02
+SEED_SUMMARY_COLUMNS = [
+    "architecture", "sequence", "image_size", "depth", "cohort", "runs", "mean_auc", "sd_auc", "min_auc", "max_auc",
+    "above", "covering", "below", "no_auc",
+]
+
+
+def seed_summary(
+    runs,  # DataFrame from load_runs (with a `seed` column from a sweep, optional), or a folder to pass to load_runs
+) -> pd.DataFrame:  # one row per architecture, sequence, volume size and cohort; columns SEED_SUMMARY_COLUMNS
+    "Summarise the AUCs of runs that differ only in seed: mean, SD and range, and how many 95% intervals lie above, cover or lie below 0.5."
+    if not isinstance(runs, pd.DataFrame):
+        runs = load_runs(runs)
+    missing = [column for column in ("run", "arch", "seq", "image_size", "depth", "synthetic") if column not in runs.columns]
+    if missing:
+        raise KeyError(f"runs table is missing columns {missing}. Pass the output of load_runs.")
+    if runs.empty:
+        raise ValueError("runs table is empty, so there is nothing to summarise. Check the folder passed to load_runs.")
+
+    cohorts = _cohort_order(column[: -len("_auc")] for column in runs.columns if column.endswith("_auc"))
+    runs = runs.assign(seq=runs.seq.map(_sequence_label))
+    order = {label: index for index, label in enumerate(_sequence_order(runs.seq))}
+    records = []
+    for (arch, seq, image_size, depth), group in runs.groupby(["arch", "seq", "image_size", "depth"], dropna=False):
+        for cohort in cohorts:
+            auc, low, high = (group[f"{cohort}_{field}"].astype(float) for field in ("auc", "auc_low", "auc_high"))
+            measured = auc.notna() & low.notna() & high.notna()
+            records.append({
+                "architecture": arch, "sequence": seq, "image_size": image_size, "depth": depth, "cohort": cohort,
+                "runs": len(group), "mean_auc": auc[measured].mean(), "sd_auc": auc[measured].std(ddof=1),
+                "min_auc": auc[measured].min(), "max_auc": auc[measured].max(),
+                "above": int((low[measured] > 0.5).sum()),
+                "covering": int(((low[measured] <= 0.5) & (high[measured] >= 0.5)).sum()),
+                "below": int((high[measured] < 0.5).sum()),
+                "no_auc": int((~measured).sum()),
+            })
+    summary = pd.DataFrame(records, columns=SEED_SUMMARY_COLUMNS)
+    cohort_rank = {name: index for index, name in enumerate(cohorts)}
+    summary = (
+        summary.assign(sequence_rank=summary.sequence.map(order), cohort_rank=summary.cohort.map(cohort_rank))
+        .sort_values(["architecture", "sequence_rank", "image_size", "depth", "cohort_rank"])
+        .drop(columns=["sequence_rank", "cohort_rank"])
+        .reset_index(drop=True)
+    )
+    summary.attrs["synthetic"] = bool(runs.synthetic.any())
+    return summary
 
 # %% ../nbs/07_evaluate.ipynb #3951b5c2
 SELECTION_RULES = {

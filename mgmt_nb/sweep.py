@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .core import SYNTHETIC_NOTE, is_synthetic, logger
 from .evaluate import SEQUENCE_LABELS, SELECTION_RULES, build_ensembles, format_auc, load_runs, plot_forest
-from .evaluate import _chance_statement, results_table, select_model
+from .evaluate import _chance_statement, results_table, seed_summary, select_model
 from .train import parse_sequences
 
 # %% auto #0
@@ -288,6 +288,37 @@ def _markdown_table(table: pd.DataFrame) -> str:
     return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
 
 
+def _mean_and_sd(mean: float, sd: float) -> str:
+    "Format a mean AUC with its SD in brackets, the mean alone when one run has an AUC, or n/a when none has."
+    if pd.isna(mean):
+        return "n/a"
+    return f"{mean:.2f} ({sd:.2f})" if pd.notna(sd) else f"{mean:.2f}"
+
+
+def _seed_lines(runs: pd.DataFrame) -> list[str]:
+    "Return the results.md section on runs repeated with other seeds, or no lines when every model ran once."
+    summary = seed_summary(runs)
+    repeated = summary[summary.runs > 1]
+    if repeated.empty:
+        return []
+    rows = pd.DataFrame({
+        "model": [f"{arch} {seq} {size}x{size}x{depth}" for arch, seq, size, depth in
+                  zip(repeated.architecture, repeated.sequence, repeated.image_size, repeated.depth)],
+        "cohort": repeated.cohort,
+        "runs": repeated.runs,
+        "mean AUC (SD)": [_mean_and_sd(mean, sd) for mean, sd in zip(repeated.mean_auc, repeated.sd_auc)],
+        "range": [f"{low:.2f} to {high:.2f}" if pd.notna(low) else "n/a" for low, high in zip(repeated.min_auc, repeated.max_auc)],
+        "CI above 0.5": repeated.above, "CI covers 0.5": repeated.covering, "CI below 0.5": repeated.below,
+        "no AUC": repeated.no_auc,
+    }).set_index("model")
+    return [
+        "## Across seeds", "",
+        "Runs of one model that differ only in seed, pooled. A model whose intervals lie above 0.5 for some seeds "
+        "and cover 0.5 for others has not shown a signal that the recipe finds reliably.", "",
+        _markdown_table(rows), "",
+    ]
+
+
 def _load_named_runs(specs: list[dict], output_dir: Path) -> pd.DataFrame:
     "Load the finished runs of `specs` with load_runs, naming each by its run name and adding its seed."
     runs = load_runs([str(output_dir / spec["run_name"]) for spec in specs])
@@ -354,6 +385,7 @@ def write_sweep_report(
     if not runs.empty:
         table = results_table(runs, layout="sequence")
         lines += ["## ROC AUC by architecture and sequence", "", table.attrs["caption"], "", _markdown_table(table), ""]
+        lines += _seed_lines(runs)
         try:
             chosen, selection = select_model(runs, rule=rule)
         except ValueError as error:
