@@ -650,7 +650,7 @@ def sweep_cli(
                         help="sequences of the per-sequence models, or comma-separated combinations (default: FLAIR T1w T1wCE T2w)")
     parser.add_argument("--all", action="store_true", help="also train the model on all four structural sequences as channels")
     parser.add_argument("--permutation", action="store_true", help="also train a label-permutation control for every run")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42], metavar="SEED", help="seeds, each of which repeats every run (default: 42)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42], metavar="SEED", help="seeds, each of which repeats every run; on the phantom each seed also generates its own cohorts (default: 42)")
     parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="sweep folder for the run folders and the report")
     parser.add_argument("--workers", type=int, default=1, help="runs executed at the same time (default: 1)")
     parser.add_argument("--gpus", metavar="IDS", help="comma-separated GPU ids, such as 0,1: each run gets one GPU through CUDA_VISIBLE_DEVICES")
