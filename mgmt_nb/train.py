@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,10 @@ import pandas as pd
 from .core import LABEL_COLUMN, SYNTHETIC_NOTE, logger
 
 # %% auto #0
-__all__ = ['VALIDATION_SCHEMES', 'resolve_cohorts', 'default_run_name', 'parse_sequences', 'make_strategy', 'set_precision',
-           'check_validation', 'kfold_splits', 'combine_fold_predictions', 'shuffle_labels', 'save_params',
-           'marked_csv_logger', 'make_callbacks', 'set_backbone_trainable', 'train_model', 'predict_frame']
+__all__ = ['VALIDATION_SCHEMES', 'BACKUP_FILES', 'resolve_cohorts', 'default_run_name', 'parse_sequences', 'make_strategy',
+           'set_precision', 'check_validation', 'kfold_splits', 'combine_fold_predictions', 'shuffle_labels',
+           'save_params', 'marked_csv_logger', 'make_callbacks', 'check_backup', 'set_backbone_trainable',
+           'train_model', 'predict_frame']
 
 # %% ../nbs/05_train.ipynb #d9ccc2c3
 def resolve_cohorts(
@@ -219,7 +221,7 @@ def make_callbacks(
 
     run_dir = Path(run_dir)
     return [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         marked_csv_logger(run_dir / "history.csv", synthetic),
         keras.callbacks.ModelCheckpoint(
             str(run_dir / "best.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True,
@@ -229,6 +231,65 @@ def make_callbacks(
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, patience - 1), min_lr=1e-7),
         keras.callbacks.TerminateOnNaN(),
     ]
+
+# %% ../nbs/05_train.ipynb #c4b9a2e1
+BACKUP_FILES = ("latest.weights.h5", "training_metadata.json")  # files of keras.callbacks.BackupAndRestore in the backup folder
+
+
+def _backup_error(weights: Path, metadata: Path) -> str | None:
+    "Return why a BackupAndRestore weights and metadata pair cannot be read, or None when it can."
+    import h5py
+
+    if metadata.is_file() and not weights.is_file():
+        return f"{weights} is missing while {metadata.name} exists"
+    if weights.is_file():
+        try:
+            with h5py.File(weights, "r"):
+                pass
+        except OSError as error:
+            return f"{weights} could not be read ({error})"
+    if metadata.is_file():
+        try:
+            json.loads(metadata.read_text())["epoch"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return f"{metadata} could not be read ({type(error).__name__}: {error})"
+    return None
+
+
+def check_backup(
+    model_dir,  # run or fold folder whose backup/ holds the state of an interrupted fit
+) -> str:  # "none", "ok", "previous" (restored the copy of the epoch before) or "discarded" (the fit starts again)
+    "Make an interrupted fit's backup loadable before keras.callbacks.BackupAndRestore reads it."
+    model_dir = Path(model_dir)
+    backup = model_dir / "backup"
+    if not backup.is_dir():
+        return "none"
+    current = [backup / name for name in BACKUP_FILES]
+    problem = _backup_error(*current)
+    if problem is None:
+        return "ok"
+    # A run stopped while Keras wrote the backup leaves a partial file. With double_checkpoint,
+    # the copies ending in .bkp hold the epoch before, complete.
+    previous = [path.with_name(path.name + ".bkp") for path in current]
+    if previous[0].is_file() and _backup_error(*previous) is None:
+        for source, target in zip(previous, current):
+            if source.is_file():
+                shutil.copyfile(source, target)
+            else:
+                target.unlink(missing_ok=True)
+        logger.warning("%s; restored the backup of the epoch before from %s, and the fit resumes from there", problem, previous[0].name)
+        return "previous"
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    moved = backup.with_name(f"backup.unreadable-{stamp}")
+    backup.rename(moved)
+    message = f"{problem}, and no readable copy of the epoch before exists; moved the backup to {moved}"
+    history = model_dir / "history.csv"
+    if history.is_file():
+        # The fit starts again from epoch 0, so the old rows would repeat epochs.
+        history.rename(model_dir / f"history.unreadable-{stamp}.csv")
+        message += f" and history.csv to history.unreadable-{stamp}.csv"
+    logger.warning("%s. The fit starts again from epoch 0.", message)
+    return "discarded"
 
 # %% ../nbs/05_train.ipynb #d8c6ccf6
 def set_backbone_trainable(model, arch: str, trainable: bool) -> None:
@@ -281,6 +342,7 @@ def train_model(
         f"dtype policy {keras.mixed_precision.global_policy().name}"
     )
 
+    check_backup(model_dir)
     first_epoch = 0
     if freeze_epochs:
         set_backbone_trainable(model, arch, False)

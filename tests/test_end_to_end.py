@@ -176,3 +176,20 @@ def test_xception_all_sequences_mixed_xla(tmp_path, cache_root, phantom_pair):
     assert predictions.probability.between(0, 1).all()
     metrics = json.loads((tmp_path / "all" / "metrics.json").read_text())
     assert metrics["cohorts"]["external"]["n"] == 8
+
+
+def test_resume_with_truncated_backup(tmp_path, cache_root, phantom_pair):
+    "A run stopped while Keras wrote its first backup trains again from epoch 0 instead of failing on every resume."
+    run_dir = tmp_path / "truncated"
+    backup = run_dir / "backup"
+    backup.mkdir(parents=True)
+    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 40)  # the HDF5 signature, then nothing valid
+    (backup / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    result = run_training(tmp_path, "truncated", cache_root, epochs=1, leakage_audit=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "metrics.json").is_file()
+    assert len(list(run_dir.glob("backup.unreadable-*"))) == 1
+    logged = notebook_stream(tmp_path / "truncated.ipynb", "stderr")
+    assert "latest.weights.h5 could not be read" in logged
+    assert "starts again from epoch 0" in logged
+    assert len(pd.read_csv(run_dir / "history.csv")) == 1
