@@ -567,10 +567,15 @@ def results_table(
     runs = runs.assign(seq=runs.seq.map(_sequence_label))
     sequences = _sequence_order(runs.seq)
     architectures = sorted(runs.arch.unique())
-    cells = {}
+    # Runs that share a cell are listed in seed order when the table has seeds (a sweep's does), else in table order.
+    by_seed = "seed" in runs.columns
+    cells, shared = {}, False
     for (arch, seq), group in runs.groupby(["arch", "seq"], sort=False):
         if len(group) > 1:
+            shared = True
             logger.warning("%d runs share architecture %s and sequence %s: %s", len(group), arch, seq, ", ".join(group.run))
+            if by_seed:
+                group = group.sort_values("seed", kind="stable")
         for cohort in cohorts:
             texts = [
                 format_auc({"auc": row[f"{cohort}_auc"], "auc_low": row[f"{cohort}_auc_low"], "auc_high": row[f"{cohort}_auc_high"]})
@@ -592,6 +597,9 @@ def results_table(
         columns=columns,
     )
     caption = f"{SYNTHETIC_NOTE} {_CAPTION}" if synthetic else _CAPTION
+    if shared:
+        order = f"in order of seed ({', '.join(str(seed) for seed in sorted(runs.seed.unique()))})" if by_seed else "in the order of the runs table"
+        caption = f"{caption} A cell with several values lists one run per value, separated by ' / ', {order}."
     if "external_all" in cohorts:
         caption = f"{caption} {_LEAKAGE_CAPTION}"
     table.attrs["caption"] = caption
@@ -709,10 +717,14 @@ def select_model(
         return (-round(float(values[index]), 12), width if _is_number(width) else math.inf, *_complexity_key(row), str(row["run"]))
 
     chosen = candidates.loc[min(candidates.index, key=sort_key)]
-    source = "SYNTHETIC phantom runs" if bool(candidates.synthetic.any()) else "runs"
+    kind = "SYNTHETIC phantom models" if bool(candidates.synthetic.any()) else "models"
+    n_ensembles = int(candidates["seq"].astype(str).str.lower().str.startswith("ensemble").sum()) if "seq" in candidates else 0
+    if n_ensembles:
+        kind += f" ({len(candidates) - n_ensembles} trained runs and {n_ensembles} ensembles)"
+    metric_name = " ".join("AUC" if word == "auc" else word for word in str(metric).split("_"))
     statement = (
         f"Selected {_run_label(chosen)} (run {chosen['run']}) because it has "
-        f"{SELECTION_RULES[rule].format(metric=metric)} of {len(candidates)} {source}, "
+        f"{SELECTION_RULES[rule].format(metric=metric_name)} of {len(candidates)} {kind}, "
         "with ties going to the narrower validation 95% CI and then to the simpler model, "
         "and no external result was read."
     )
@@ -1123,7 +1135,7 @@ def _write_ensemble_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "params.json").write_text(json.dumps(params, indent=2))
     for cohort, frame in predictions.items():
-        frame.to_csv(run_dir / f"predictions_{cohort}.csv", index=False)
+        frame.assign(synthetic=bool(params["synthetic"])).to_csv(run_dir / f"predictions_{cohort}.csv", index=False)
     write_metrics(
         run_dir, predictions, synthetic=params["synthetic"], threshold=threshold, n_boot=n_boot, seed=seed,
         exclude_ids=exclude_ids if "external" in predictions else None,
