@@ -445,9 +445,11 @@ def plot_similarity_heatmap(
         _, ax = plt.subplots(figsize=(min(1.0 + 0.5 * matrix.shape[1], 16.0), min(1.0 + 0.4 * matrix.shape[0], 12.0)))
     scale = {"vmin": -1.0, "vmax": 1.0, "cmap": "RdBu_r"} if metric == "ncc" else {"vmin": 0.0, "vmax": 1.0, "cmap": "viridis"}
     small = matrix.shape[0] <= 12 and matrix.shape[1] <= 12
-    sns.heatmap(matrix, ax=ax, annot=small, fmt=".2f", cbar_kws={"label": _METRIC_LABELS[metric]}, **scale)
+    residual = metric == "ncc" and bool(similarity.attrs.get("centred"))  # audit_images with centre=True
+    label = "residual NCC (training-mean direction removed)" if residual else _METRIC_LABELS[metric]
+    sns.heatmap(matrix, ax=ax, annot=small, fmt=".2f", cbar_kws={"label": label}, **scale)
 
-    title = f"{metric.upper()}, external × train"
+    title = f"{'residual NCC' if residual else metric.upper()}, external × train"
     if sequence:
         title += f", {sequence}"
     if synthetic:
@@ -915,6 +917,7 @@ def audit_images(
         "ncc": score.ravel(),
         "ncc_raw": raw.ravel(),
     })
+    similarity.attrs["centred"] = bool(centre)  # with centre, "ncc" is the residual NCC that the thresholds apply to
 
     k = min(int(top_k), len(train_ids))
     order = np.argsort(np.where(np.isnan(score), np.inf, -score), axis=1, kind="stable")[:, :k]  # (n_external, k)

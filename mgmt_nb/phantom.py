@@ -828,3 +828,5 @@ def _generate_cached(root: Path, expected: dict, progress: bool, workers: int | 
         if not _cohort_matches(root, expected):
             raise
         logger.debug("another process generated %s first; using its copy", root)
+    else:
+        logger.info("the finished phantom cohort is in %s", root)

@@ -452,6 +452,19 @@ def _check_volume_sizes(plan: list[dict]) -> None:
         )
 
 
+def _check_input_paths(plan: list[dict]) -> None:
+    "Raise FileNotFoundError before any run starts when a run's data_dir, external_dir or brats_mapping does not exist."
+    expected = {"data_dir": ("folder", Path.is_dir), "external_dir": ("folder", Path.is_dir), "brats_mapping": ("file", Path.is_file)}
+    missing = set()
+    for spec in plan:
+        for name, (kind, exists) in expected.items():
+            value = spec["params"].get(name)
+            if value is not None and not exists(Path(value)):
+                missing.add(f"-p {name} {value} ({kind} not found)")
+    if missing:
+        raise FileNotFoundError(f"input paths not found: {'; '.join(sorted(missing))}. Check the paths, or leave data_dir out to use the phantom cohort.")
+
+
 def _unexecuted_row(run_name: str, status: str, output_dir: Path) -> dict:
     "Return the status row of a run that has no return code of this sweep: skipped, interrupted or not started."
     return {"run_name": run_name, "status": status, "returncode": None, "seconds": None, "gpu": None,
@@ -530,6 +543,7 @@ def run_sweep(
     output_dir.mkdir(parents=True, exist_ok=True)
     _check_existing_specs(plan, output_dir)
     _check_volume_sizes(plan)
+    _check_input_paths(plan)
 
     rows = {}
     pending = []
@@ -671,6 +685,7 @@ def sweep_cli(
         plan = plan_sweep(args.archs, args.seqs, include_all=args.all, permutation=args.permutation, seeds=args.seeds, **parameters)
         _parse_gpus(args.gpus)
         _check_volume_sizes(plan)  # here too, so that --dry-run rejects what the sweep would reject
+        _check_input_paths(plan)
     except (ValueError, FileNotFoundError) as error:
         print(f"mgmt_nb_sweep: error: {error}", file=sys.stderr)
         return 2

@@ -49,7 +49,8 @@ def notebook_stream(path: Path, stream: str) -> str:
 
 def test_printed_interval_and_cohort_warning(phantom_run):
     printed = notebook_stream(phantom_run.parent / "phantom.ipynb", "stdout")
-    assert "AUC [95% stratified percentile bootstrap, 2000 resamples, seed 0 confidence interval]" in printed
+    assert "AUC [low, high]: 95% stratified percentile bootstrap, 2000 resamples, seed 0 confidence interval" in printed
+    assert "(patients not flagged by the leakage audit; the audit flagged 0 of 8)" in printed
     assert "external (synthetic phantom): AUC" in printed
     assert "WARNING: the external cohort has 8 patients" in printed
 
