@@ -597,6 +597,13 @@ def results_table(
         columns=columns,
     )
     caption = f"{SYNTHETIC_NOTE} {_CAPTION}" if synthetic else _CAPTION
+    sizes = []
+    for cohort in cohorts:
+        counts = sorted({int(value) for value in runs.get(f"{cohort}_n", pd.Series(dtype=float)).dropna()})
+        if counts:
+            sizes.append(f"{cohort} {counts[0]}" if len(counts) == 1 else f"{cohort} {counts[0]} to {counts[-1]}")
+    if sizes:
+        caption = f"{caption} Patients per cohort: {', '.join(sizes)}."
     if shared:
         order = f"in order of seed ({', '.join(str(seed) for seed in sorted(runs.seed.unique()))})" if by_seed else "in the order of the runs table"
         caption = f"{caption} A cell with several values lists one run per value, separated by ' / ', {order}."
