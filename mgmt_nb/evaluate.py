@@ -548,6 +548,18 @@ def _sequence_order(labels) -> list[str]:
     return [label for label in known if label in labels] + sorted(labels - set(known))
 
 
+def _checked_runs(runs, columns: tuple, task: str) -> pd.DataFrame:
+    "Load `runs` when it is a folder, and raise when the table lacks `columns` or is empty; `task` completes 'nothing to ...'."
+    if not isinstance(runs, pd.DataFrame):
+        runs = load_runs(runs)
+    missing = [column for column in columns if column not in runs.columns]
+    if missing:
+        raise KeyError(f"runs table is missing columns {missing}. Pass the output of load_runs.")
+    if runs.empty:
+        raise ValueError(f"runs table is empty, so there is nothing to {task}. Check the folder passed to load_runs.")
+    return runs
+
+
 def results_table(
     runs,  # DataFrame from load_runs, or a folder to pass to load_runs
     layout: str = "cohort",  # outer column level: "cohort" (a block per cohort) or "sequence" (cohorts side by side per sequence)
@@ -555,13 +567,7 @@ def results_table(
     "Tabulate AUC with its confidence interval by architecture and sequence for each cohort."
     if layout not in ("cohort", "sequence"):
         raise ValueError(f"layout must be 'cohort' or 'sequence', got {layout!r}.")
-    if not isinstance(runs, pd.DataFrame):
-        runs = load_runs(runs)
-    missing = [column for column in ("run", "arch", "seq", "synthetic") if column not in runs.columns]
-    if missing:
-        raise KeyError(f"runs table is missing columns {missing}. Pass the output of load_runs.")
-    if runs.empty:
-        raise ValueError("runs table is empty, so there is nothing to tabulate. Check the folder passed to load_runs.")
+    runs = _checked_runs(runs, ("run", "arch", "seq", "synthetic"), "tabulate")
 
     cohorts = _cohort_order(column[: -len("_auc")] for column in runs.columns if column.endswith("_auc"))
     runs = runs.assign(seq=runs.seq.map(_sequence_label))
@@ -624,13 +630,7 @@ def seed_summary(
     runs,  # DataFrame from load_runs (with a `seed` column from a sweep, optional), or a folder to pass to load_runs
 ) -> pd.DataFrame:  # one row per architecture, sequence, volume size and cohort; columns SEED_SUMMARY_COLUMNS
     "Summarise the AUCs of runs that differ only in seed: mean, SD and range, and how many 95% intervals lie above, cover or lie below 0.5."
-    if not isinstance(runs, pd.DataFrame):
-        runs = load_runs(runs)
-    missing = [column for column in ("run", "arch", "seq", "image_size", "depth", "synthetic") if column not in runs.columns]
-    if missing:
-        raise KeyError(f"runs table is missing columns {missing}. Pass the output of load_runs.")
-    if runs.empty:
-        raise ValueError("runs table is empty, so there is nothing to summarise. Check the folder passed to load_runs.")
+    runs = _checked_runs(runs, ("run", "arch", "seq", "image_size", "depth", "synthetic"), "summarise")
 
     cohorts = _cohort_order(column[: -len("_auc")] for column in runs.columns if column.endswith("_auc"))
     runs = runs.assign(seq=runs.seq.map(_sequence_label))
