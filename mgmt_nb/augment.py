@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 # %% auto #0
-__all__ = ['random_flip', 'shift_volume', 'random_shift', 'rotate_axial', 'random_rotate', 'adjust_contrast', 'random_contrast',
-           'resize_volume', 'random_crop_resize', 'equalize_histogram', 'random_equalize', 'cutout_size',
-           'random_cutout', 'AugmentConfig', 'augment_volume', 'make_augmenter']
+__all__ = ['AUGMENT_OPS', 'random_flip', 'shift_volume', 'random_shift', 'rotate_axial', 'random_rotate', 'adjust_contrast',
+           'random_contrast', 'resize_volume', 'random_crop_resize', 'equalize_histogram', 'random_equalize',
+           'cutout_size', 'random_cutout', 'AugmentConfig', 'augment_volume', 'augment_config', 'make_augmenter']
 
 # %% ../nbs/04a_augment.ipynb #fd88c330
 def _check_volume(x) -> tf.Tensor:
@@ -388,6 +388,38 @@ def augment_volume(
     if config.cutout_p > 0:
         x = random_cutout(x, cutout_seed, config.cutout_p, config.cutout_size_fraction)
     return x
+
+# %% ../nbs/04a_augment.ipynb #a0c5e102
+AUGMENT_OPS = ("flip", "crop", "shift", "rotate", "contrast", "equalize", "cutout")  # names accepted by augment_config
+
+
+def augment_config(
+    ops: str = "all",  # "all", "none", or a comma-separated subset of AUGMENT_OPS
+) -> AugmentConfig:
+    "Build an AugmentConfig that runs only the named operations, each with its default parameters."
+    text = str(ops).strip().lower()
+    if text == "all":
+        chosen = set(AUGMENT_OPS)
+    elif text == "none":
+        chosen = set()
+    else:
+        chosen = {name.strip() for name in text.split(",") if name.strip()}
+        unknown = sorted(chosen - set(AUGMENT_OPS))
+        if unknown or not chosen:
+            raise ValueError(
+                f"augment_ops={ops!r} names no known augmentation {unknown}. "
+                f"Use 'all', 'none' or a comma-separated subset of {', '.join(AUGMENT_OPS)}."
+            )
+    defaults = AugmentConfig()
+    return AugmentConfig(
+        flip_p=defaults.flip_p if "flip" in chosen else 0.0,
+        crop_resize_enabled="crop" in chosen,
+        shift_enabled="shift" in chosen,
+        rotate_enabled="rotate" in chosen,
+        contrast_enabled="contrast" in chosen,
+        equalize_p=defaults.equalize_p if "equalize" in chosen else 0.0,
+        cutout_p=defaults.cutout_p if "cutout" in chosen else 0.0,
+    )
 
 # %% ../nbs/04a_augment.ipynb #8be97726
 def make_augmenter(

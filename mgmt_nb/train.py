@@ -305,14 +305,14 @@ def train_model(
     train_part: pd.DataFrame,  # training patients, with LABEL_COLUMN and cached volume paths
     val_part: pd.DataFrame,  # validation patients for the checkpoint, early stopping and the learning-rate schedule
     model_dir,  # folder that receives history.csv, best.weights.h5 and the backup of an unfinished fit
-    params: dict,  # run parameters: arch, image_size, depth, sequences, weights, dropout, l2, bn_momentum, learning_rate, accumulation_steps, jit_compile, batch_size, epochs, freeze_epochs, patience, augment, seed
+    params: dict,  # run parameters: arch, image_size, depth, sequences, weights, dropout, l2, bn_momentum, learning_rate, accumulation_steps, jit_compile, batch_size, epochs, freeze_epochs, patience, augment, seed, and augment_ops when not "all"
     strategy=None,  # tf.distribute strategy from make_strategy; None: the default strategy
     synthetic: bool = False,  # the data are a phantom cohort, marked in history.csv
 ):  # the Keras model with the weights of the lowest validation loss when a checkpoint was written
     "Build, compile and fit one model, keeping the weights with the lowest validation loss in `model_dir/best.weights.h5`."
     import keras
 
-    from mgmt_nb.augment import AugmentConfig
+    from mgmt_nb.augment import augment_config
     from mgmt_nb.dataloader import make_dataset
     from mgmt_nb.model import build_model, compile_model, save_model_weights, set_batchnorm_momentum
 
@@ -334,7 +334,7 @@ def train_model(
         model = build_model(arch, input_shape=input_shape, weights=params["weights"], dropout=params["dropout"], l2=params["l2"])
         set_batchnorm_momentum(model, params["bn_momentum"])
     compile_for_fit(model)
-    augment = AugmentConfig() if params["augment"] else None
+    augment = augment_config(params.get("augment_ops", "all")) if params["augment"] else None
     train_data = make_dataset(train_part, params["batch_size"], training=True, augment=augment, seed=params["seed"])
     val_data = make_dataset(val_part, params["batch_size"])
     print(

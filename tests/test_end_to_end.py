@@ -194,3 +194,10 @@ def test_resume_with_truncated_backup(tmp_path, cache_root, phantom_pair):
     assert "latest.weights.h5 could not be read" in logged
     assert "starts again from epoch 0" in logged
     assert len(pd.read_csv(run_dir / "history.csv")) == 1
+
+
+def test_unknown_augmentation_fails_early(tmp_path, cache_root, phantom_pair):
+    result = run_training(tmp_path, "blur", cache_root, augment_ops="flip,blur", epochs=1)
+    assert result.returncode != 0
+    assert "names no known augmentation ['blur']" in result.stderr
+    assert not (tmp_path / "blur").exists(), "no run folder is created for invalid parameters"
