@@ -1168,7 +1168,7 @@ def audit_cohorts(
         plt.close(ax.figure)
 
     candidate_table = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame(columns=CANDIDATE_COLUMNS)
-    # Each table carries the synthetic flag, so a file read on its own still says where its data came from.
+    # Each table carries the synthetic flag, so a file read on its own still shows whether its data are synthetic.
     candidate_table.assign(synthetic=synthetic).to_csv(output_dir / "candidates.csv", index=False)
     pair_table = pd.concat(flagged_pairs, ignore_index=True) if flagged_pairs else pd.DataFrame(columns=CANDIDATE_COLUMNS)
     flagged = _flagged_patients(overlap, pair_table, min_sequences)

@@ -257,7 +257,7 @@ def _backup_error(weights: Path, metadata: Path) -> str | None:
 
 
 def check_backup(
-    model_dir,  # run or fold folder whose backup/ holds the state of an interrupted fit
+    model_dir,  # run or fold folder whose backup/ contains the state of an interrupted fit
 ) -> str:  # "none", "ok", "previous" (restored the copy of the epoch before) or "discarded" (the fit starts again)
     "Make an interrupted fit's backup loadable before keras.callbacks.BackupAndRestore reads it."
     model_dir = Path(model_dir)
@@ -269,7 +269,7 @@ def check_backup(
     if problem is None:
         return "ok"
     # A run stopped while Keras wrote the backup leaves a partial file. With double_checkpoint,
-    # the copies ending in .bkp hold the epoch before, complete.
+    # the copies ending in .bkp contain the complete state of the epoch before.
     previous = [path.with_name(path.name + ".bkp") for path in current]
     if previous[0].is_file() and _backup_error(*previous) is None:
         for source, target in zip(previous, current):
