@@ -22,14 +22,16 @@ from .core import LABEL_COLUMN, PHANTOM_MARKER, SYNTHETIC_NOTE, MGMTDataError, l
 from .data import Volume, dark_border_box, read_volume
 
 # %% auto #0
-__all__ = ['TARGETS', 'WEIGHTINGS', 'MIN_MAP_CELLS', 'FINEST_LAYER', 'METHODS', 'MIN_DRAWN_VALUE', 'PLANES', 'gradcam_layer',
-           'layers_by_resolution', 'upsample_map', 'head_mask', 'compute_grad_cam', 'grad_cam', 'input_gradient_map',
-           'preprocess_mask', 'resample_mask', 'phantom_tumour_masks', 'cam_mass_fraction', 'plot_gradcam',
-           'load_run_model', 'confident_correct', 'tumour_mask', 'load_patient_inputs', 'save_gradcam_montages']
+__all__ = ['TARGETS', 'WEIGHTING_NAMES', 'WEIGHTINGS', 'MIN_MAP_CELLS', 'FINEST_LAYER', 'METHODS', 'MIN_DRAWN_VALUE', 'PLANES',
+           'gradcam_layer', 'layers_by_resolution', 'upsample_map', 'head_mask', 'compute_grad_cam', 'grad_cam',
+           'input_gradient_map', 'preprocess_mask', 'resample_mask', 'phantom_tumour_masks', 'cam_mass_fraction',
+           'plot_gradcam', 'load_run_model', 'confident_correct', 'tumour_mask', 'load_patient_inputs',
+           'save_gradcam_montages']
 
 # %% ../nbs/08_gradcam.ipynb #6a1cf3dc
 TARGETS = ("methylated", "unmethylated", "absolute")  # "unmethylated" uses the negated logit; "absolute" keeps |map|, evidence for either class
-WEIGHTINGS = ("grad_cam", "hires_cam")  # channel-mean gradient weights (Grad-CAM) or element-wise gradient x activation (HiResCAM)
+WEIGHTING_NAMES = {"grad_cam": "Grad-CAM", "hires_cam": "HiResCAM"}  # weighting -> name in titles and tables
+WEIGHTINGS = tuple(WEIGHTING_NAMES)  # channel-mean gradient weights (Grad-CAM) or element-wise gradient x activation (HiResCAM)
 _SHIFTED_GRID_LAYERS = (keras.layers.ZeroPadding3D, keras.layers.Cropping3D)  # their output grid is offset from the input's
 MIN_MAP_CELLS = 8  # minimum cells along x and y of the default layer's map
 FINEST_LAYER = "finest"  # layer argument for the last usable layer at the backbone's finest resolution below the input's
@@ -328,7 +330,7 @@ def compute_grad_cam(
         weights = tf.reduce_mean(weights, axis=(0, 1, 2))  # one weight per channel
     contribution = tf.reduce_sum(activations * weights, axis=-1)
     coarse = (tf.abs(contribution) if target == "absolute" else tf.nn.relu(contribution)).numpy()
-    description = f"{'Grad-CAM' if weighting == 'grad_cam' else 'HiResCAM'} map of layer {found.name} for {target}"
+    description = f"{WEIGHTING_NAMES[weighting]} map of layer {found.name} for {target}"
     cam, outside = _scaled_map(upsample_map(coarse, batch.shape[1:4]), region, description)
     return {
         "map": cam, "layer": found.name, "logit": float(logit[0]), "probability": probability,
@@ -667,7 +669,7 @@ def load_patient_inputs(
 
 def _map_title(result: dict) -> str:
     "Describe a compute_grad_cam result in a figure title."
-    name = "Grad-CAM" if result["weighting"] == "grad_cam" else "HiResCAM"
+    name = WEIGHTING_NAMES[result["weighting"]]
     explained = "|map| for either class" if result["target"] == "absolute" else f"map of the {result['target']} class"
     return f"{name} {explained} at layer {result['layer']}"
 

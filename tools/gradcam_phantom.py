@@ -210,30 +210,35 @@ def shortcut_check(cohort_root: Path, sequences: list, size: tuple) -> pd.DataFr
 def layer_sweep(runs: dict, patients: list, cohort_root: Path, params: dict, threshold: float, layers, weightings=("grad_cam",)) -> pd.DataFrame:
     "Return the mean share of the map inside the tumour per model, layer, weighting and target, and of the input gradient per model."
     from mgmt_nb.dataloader import cohort_table
-    from mgmt_nb.gradcam import TARGETS, cam_mass_fraction, compute_grad_cam, head_mask, layers_by_resolution, load_patient_inputs, load_run_model
+    from mgmt_nb.gradcam import (
+        TARGETS, WEIGHTING_NAMES, cam_mass_fraction, compute_grad_cam, head_mask, layers_by_resolution, load_patient_inputs, load_run_model,
+    )
 
     size = (params["image_size"], params["image_size"], params["depth"])
     table = cohort_table(cohort_root, sequences=params["sequences"]).set_index("patient_id", drop=False)
     inputs = {patient_id: load_patient_inputs(table.loc[patient_id], cohort_root, params["sequences"], size) for patient_id in patients}
+    heads = {patient_id: head_mask(volume) for patient_id, (volume, _) in inputs.items()}
     records = []
     for name, folder in runs.items():
         model, _ = load_run_model(folder)
         sizes = layers_by_resolution(model)
+        # The predicted class depends on the model and the patient only, so one forward pass serves every layer and weighting.
+        predicted = {}
+        for patient_id, (volume, _) in inputs.items():
+            probability = float(np.asarray(model(volume[None], training=False)).reshape(-1)[0])
+            predicted[patient_id] = "methylated" if probability >= threshold else "unmethylated"
         for layer, weighting, target in itertools.product(layers or list(sizes), weightings, ("predicted", *TARGETS)):
             head_shares, volume_shares = [], []
             for patient_id, (volume, masks) in inputs.items():
-                probability = float(np.asarray(model(volume[None], training=False)).reshape(-1)[0])
-                explained = target
-                if target == "predicted":
-                    explained = "methylated" if probability >= threshold else "unmethylated"
-                head = head_mask(volume)
+                explained = predicted[patient_id] if target == "predicted" else target
+                head = heads[patient_id]
                 result = compute_grad_cam(model, volume, layer, explained, region=head, weighting=weighting)
                 head_shares.append({**cam_mass_fraction(result["map"], masks[0], within=head), "outside_head": result["outside_fraction"]})
                 volume_shares.append(cam_mass_fraction(compute_grad_cam(model, volume, layer, explained, weighting=weighting)["map"], masks[0]))
-            method = f"{'Grad-CAM' if weighting == 'grad_cam' else 'HiResCAM'} {layer} {sizes.get(layer, '')}"
+            method = f"{WEIGHTING_NAMES[weighting]} {layer} {sizes.get(layer, '')}"
             records.append(summarise_shares(name, method, target, "head", head_shares))
             records.append(summarise_shares(name, method, target, "volume", volume_shares))
-        shares = [input_gradient_share(model, volume, masks[0], head_mask(volume)) for volume, masks in inputs.values()]
+        shares = [input_gradient_share(model, volume, masks[0], heads[patient_id]) for patient_id, (volume, masks) in inputs.items()]
         records.append(summarise_shares(name, "|input gradient x input|", "absolute", "head", shares))
     return pd.DataFrame(records)
 
