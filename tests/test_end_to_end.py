@@ -78,7 +78,7 @@ def test_every_csv_marks_synthetic(phantom_run):
     for path in tables:
         table = pd.read_csv(path)
         assert "synthetic" in table.columns, f"{path} has no synthetic column"
-        assert table["synthetic"].astype(bool).all(), f"{path} marks a phantom row as real"
+        assert table["synthetic"].eq(True).all(), f"{path} marks a phantom row as real"
 
 
 def test_no_header_identifier_reaches_outputs(phantom_run, cache_root):
