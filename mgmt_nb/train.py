@@ -17,10 +17,10 @@ import pandas as pd
 from .core import LABEL_COLUMN, SYNTHETIC_NOTE, logger
 
 # %% auto #0
-__all__ = ['VALIDATION_SCHEMES', 'BACKUP_FILES', 'resolve_cohorts', 'default_run_name', 'parse_sequences', 'make_strategy',
-           'set_precision', 'check_validation', 'kfold_splits', 'combine_fold_predictions', 'shuffle_labels',
-           'save_params', 'marked_csv_logger', 'make_callbacks', 'check_backup', 'set_backbone_trainable',
-           'train_model', 'predict_frame']
+__all__ = ['VALIDATION_SCHEMES', 'MONITORS', 'BACKUP_FILES', 'resolve_cohorts', 'default_run_name', 'parse_sequences',
+           'make_strategy', 'set_precision', 'check_monitor', 'check_validation', 'kfold_splits',
+           'combine_fold_predictions', 'shuffle_labels', 'save_params', 'marked_csv_logger', 'make_callbacks',
+           'check_backup', 'set_backbone_trainable', 'train_model', 'checkpoint_epoch', 'predict_frame']
 
 # %% ../nbs/05_train.ipynb #d9ccc2c3
 def resolve_cohorts(
@@ -95,6 +95,17 @@ def set_precision(mixed_precision=None) -> str:
 
 # %% ../nbs/05_train.ipynb #cfd37d3f
 VALIDATION_SCHEMES = ("split", "kfold")  # values of the `validation` parameter
+MONITORS = {"val_loss": "min", "val_auc": "max"}  # values of the `monitor` parameter, each with the direction that counts as better
+
+
+def check_monitor(monitor: str) -> str:
+    "Return `monitor` when it names a quantity the callbacks can follow; raise ValueError otherwise."
+    if monitor not in MONITORS:
+        raise ValueError(
+            f"monitor={monitor!r} is not supported. Use 'val_loss' (the lowest validation loss wins) "
+            "or 'val_auc' (the highest validation ROC AUC wins)."
+        )
+    return monitor
 
 
 def check_validation(validation: str, folds: int) -> None:
@@ -212,23 +223,25 @@ def marked_csv_logger(
 
 def make_callbacks(
     run_dir,  # run folder that receives the log, checkpoint and backup
-    patience: int = 3,  # epochs without a lower validation loss before early stopping
-    best_val_loss: float | None = None,  # lowest validation loss of an earlier fit of the same run, so the checkpoint only improves on it
+    patience: int = 3,  # epochs without a better `monitor` value before early stopping
+    best_value: float | None = None,  # best `monitor` value of an earlier fit of the same run, so the checkpoint only improves on it
     synthetic: bool = False,  # the data are a phantom cohort: history.csv gets a synthetic column of True
+    monitor: str = "val_loss",  # quantity of MONITORS that the checkpoint, early stopping and learning-rate schedule follow
 ) -> list:
     "Create the training callbacks, all writing into `run_dir`."
     import keras
 
     run_dir = Path(run_dir)
+    mode = MONITORS[check_monitor(monitor)]
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         marked_csv_logger(run_dir / "history.csv", synthetic),
         keras.callbacks.ModelCheckpoint(
-            str(run_dir / "best.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True,
-            initial_value_threshold=best_val_loss,
+            str(run_dir / "best.weights.h5"), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True,
+            initial_value_threshold=best_value,
         ),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, patience - 1), min_lr=1e-7),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=max(1, patience - 1), min_lr=1e-7),
         keras.callbacks.TerminateOnNaN(),
     ]
 
@@ -305,11 +318,11 @@ def train_model(
     train_part: pd.DataFrame,  # training patients, with LABEL_COLUMN and cached volume paths
     val_part: pd.DataFrame,  # validation patients for the checkpoint, early stopping and the learning-rate schedule
     model_dir,  # folder that receives history.csv, best.weights.h5 and the backup of an unfinished fit
-    params: dict,  # run parameters: arch, image_size, depth, sequences, weights, dropout, l2, bn_momentum, learning_rate, accumulation_steps, jit_compile, batch_size, epochs, freeze_epochs, patience, augment, seed, and augment_ops when not "all"
+    params: dict,  # run parameters: arch, image_size, depth, sequences, weights, dropout, l2, bn_momentum, learning_rate, accumulation_steps, jit_compile, batch_size, epochs, freeze_epochs, patience, augment, seed, and augment_ops and monitor when not the default
     strategy=None,  # tf.distribute strategy from make_strategy; None: the default strategy
     synthetic: bool = False,  # the data are a phantom cohort, marked in history.csv
-):  # the Keras model with the weights of the lowest validation loss when a checkpoint was written
-    "Build, compile and fit one model, keeping the weights with the lowest validation loss in `model_dir/best.weights.h5`."
+):  # the Keras model with the weights of the best `monitor` value when a checkpoint was written
+    "Build, compile and fit one model, keeping the weights with the best validation loss or AUC (`params['monitor']`) in `model_dir/best.weights.h5`."
     import keras
 
     from mgmt_nb.augment import augment_config
@@ -317,6 +330,7 @@ def train_model(
     from mgmt_nb.model import build_model, compile_model, save_model_weights, set_batchnorm_momentum
 
     arch, epochs, freeze_epochs, patience = params["arch"], params["epochs"], params["freeze_epochs"], params["patience"]
+    monitor = check_monitor(params.get("monitor", "val_loss"))
     if not 0 <= freeze_epochs < epochs:
         raise ValueError(f"freeze_epochs={freeze_epochs} must be at least 0 and smaller than epochs={epochs}")
     model_dir = Path(model_dir)
@@ -347,19 +361,37 @@ def train_model(
     if freeze_epochs:
         set_backbone_trainable(model, arch, False)
         compile_for_fit(model)
-        model.fit(train_data, validation_data=val_data, epochs=freeze_epochs, callbacks=make_callbacks(model_dir, patience, synthetic=synthetic), shuffle=False, verbose=2)
+        model.fit(train_data, validation_data=val_data, epochs=freeze_epochs, callbacks=make_callbacks(model_dir, patience, synthetic=synthetic, monitor=monitor), shuffle=False, verbose=2)
         set_backbone_trainable(model, arch, True)
         compile_for_fit(model)
         first_epoch = freeze_epochs
-    best_val_loss = pd.read_csv(model_dir / "history.csv")["val_loss"].min() if first_epoch else None
+    best_value = None
+    if first_epoch:
+        logged = pd.read_csv(model_dir / "history.csv")[monitor]
+        best_value = logged.min() if MONITORS[monitor] == "min" else logged.max()
     model.fit(
         train_data, validation_data=val_data, initial_epoch=first_epoch, epochs=epochs,
-        callbacks=make_callbacks(model_dir, patience, best_val_loss, synthetic), shuffle=False, verbose=2,
+        callbacks=make_callbacks(model_dir, patience, best_value, synthetic, monitor), shuffle=False, verbose=2,
     )
     if (model_dir / "best.weights.h5").is_file():
         model.load_weights(model_dir / "best.weights.h5")
         save_model_weights(model, model_dir / "best.weights.h5")  # drops the optimizer state, two thirds of the file with Adam
+        print(checkpoint_epoch(model_dir / "history.csv", monitor))
     return model
+
+
+def checkpoint_epoch(
+    history_path,  # history.csv of the run or fold
+    monitor: str = "val_loss",  # quantity of MONITORS the checkpoint followed
+) -> str:
+    "Say which logged epoch the checkpoint holds: the first with the best `monitor` value, as the checkpoint only saves on a strict improvement."
+    history = pd.read_csv(history_path)
+    values = history[monitor] if monitor in history else pd.Series(dtype=float)
+    if values.notna().sum() == 0:
+        return f"checkpoint: {history_path} logs no {monitor} value"
+    best = values.idxmin() if MONITORS[monitor] == "min" else values.idxmax()
+    word = "lowest" if MONITORS[monitor] == "min" else "highest"
+    return f"checkpoint: epoch {int(history.loc[best, 'epoch'])} of {len(history)} logged, the {word} {monitor} ({values[best]:.3f})"
 
 # %% ../nbs/05_train.ipynb #3cd74c61
 def predict_frame(model, frame: pd.DataFrame, batch_size: int = 8) -> pd.DataFrame:

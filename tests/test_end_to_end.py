@@ -201,3 +201,22 @@ def test_unknown_augmentation_fails_early(tmp_path, cache_root, phantom_pair):
     assert result.returncode != 0
     assert "names no known augmentation ['blur']" in result.stderr
     assert not (tmp_path / "blur").exists(), "no run folder is created for invalid parameters"
+
+
+def test_monitor_val_auc_run(tmp_path, cache_root, phantom_pair):
+    "A run with monitor val_auc records the choice and reports the epoch of the highest validation AUC as its checkpoint."
+    result = run_training(tmp_path, "by_auc", cache_root, monitor="val_auc", epochs=3, leakage_audit=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "by_auc"
+    assert json.loads((run_dir / "params.json").read_text())["monitor"] == "val_auc"
+    history = pd.read_csv(run_dir / "history.csv")
+    best = history.loc[history["val_auc"].idxmax()]
+    printed = notebook_stream(tmp_path / "by_auc.ipynb", "stdout")
+    assert f"checkpoint: epoch {int(best['epoch'])} of {len(history)} logged, the highest val_auc ({best['val_auc']:.3f})" in printed
+
+
+def test_unknown_monitor_fails_early(tmp_path, cache_root, phantom_pair):
+    result = run_training(tmp_path, "by_accuracy", cache_root, monitor="accuracy", epochs=1)
+    assert result.returncode != 0
+    assert "monitor='accuracy' is not supported" in result.stderr
+    assert not (tmp_path / "by_accuracy").exists(), "no run folder is created for invalid parameters"
