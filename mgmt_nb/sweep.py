@@ -319,6 +319,18 @@ def _seed_lines(runs: pd.DataFrame) -> list[str]:
     ]
 
 
+def _checkpoint_lines(specs: list[dict]) -> list[str]:
+    "Return the results.md note on trained runs whose checkpoint followed the validation AUC, or no lines when none did."
+    by_auc = [spec for spec in specs if spec["params"].get("monitor", "val_loss") == "val_auc"]
+    if not by_auc:
+        return []
+    return [
+        f"Checkpoints: {len(by_auc)} of {len(specs)} trained runs kept the epoch with the highest validation AUC "
+        "(`-p monitor val_auc`). Their validation AUCs chose the epoch as well as the model, so they are optimistic "
+        "beyond the model choice; the external cohort gives the estimate to report.", "",
+    ]
+
+
 def _load_named_runs(specs: list[dict], output_dir: Path) -> pd.DataFrame:
     "Load the finished runs of `specs` with load_runs, naming each by its run name and adding its seed."
     runs = load_runs([str(output_dir / spec["run_name"]) for spec in specs])
@@ -385,6 +397,7 @@ def write_sweep_report(
     if not runs.empty:
         table = results_table(runs, layout="sequence")
         lines += ["## ROC AUC by architecture and sequence", "", table.attrs["caption"], "", _markdown_table(table), ""]
+        lines += _checkpoint_lines([spec for spec in done if not spec["permute_labels"]])
         lines += _seed_lines(runs)
         try:
             chosen, selection = select_model(runs, rule=rule)
