@@ -391,7 +391,11 @@ def checkpoint_epoch(
         return f"checkpoint: {history_path} logs no {monitor} value"
     best = values.idxmin() if MONITORS[monitor] == "min" else values.idxmax()
     word = "lowest" if MONITORS[monitor] == "min" else "highest"
-    return f"checkpoint: epoch {int(history.loc[best, 'epoch'])} of {len(history)} logged, the {word} {monitor} ({values[best]:.3f})"
+    epoch = int(history.loc[best, "epoch"])
+    line = f"checkpoint: epoch {epoch} of {len(history)} logged, the {word} {monitor} ({values[best]:.3f})"
+    if epoch == 0 and len(history) > 1:
+        line += ". No later epoch did better on the validation patients, so the model learned little that carries over to them"
+    return line
 
 # %% ../nbs/05_train.ipynb #3cd74c61
 def predict_frame(model, frame: pd.DataFrame, batch_size: int = 8) -> pd.DataFrame:
