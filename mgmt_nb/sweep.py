@@ -149,7 +149,10 @@ def _check_existing_specs(plan: list[dict], output_dir: Path) -> None:
         expected = _spec_record(spec)
         if stored.get("params") != expected["params"]:
             old, new = stored.get("params", {}), expected["params"]
-            changes = [f"{key}: {old.get(key)} -> {new.get(key)}" for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+            changes = [
+                f"{key}: {old.get(key, 'the default')} -> {new.get(key, 'the default')}"
+                for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)
+            ]
             conflicts.append(f"{spec['run_name']} ({', '.join(changes)})")
     if conflicts:
         raise ValueError(
@@ -478,6 +481,23 @@ def _check_input_paths(plan: list[dict]) -> None:
         raise FileNotFoundError(f"input paths not found: {'; '.join(sorted(missing))}. Check the paths, or leave data_dir out to use the phantom cohort.")
 
 
+def _check_choice_values(plan: list[dict]) -> None:
+    "Raise ValueError before any run starts when a run's monitor or augment_ops names no known choice."
+    from mgmt_nb.augment import augment_config
+    from mgmt_nb.train import check_monitor
+
+    problems = set()
+    for spec in plan:
+        for name, check in (("monitor", check_monitor), ("augment_ops", augment_config)):
+            if name in spec["params"]:
+                try:
+                    check(spec["params"][name])
+                except ValueError as error:
+                    problems.add(f"-p {name} {spec['params'][name]}: {error}")
+    if problems:
+        raise ValueError(f"invalid parameter values, found before any run started: {' '.join(sorted(problems))}")
+
+
 def _unexecuted_row(run_name: str, status: str, output_dir: Path) -> dict:
     "Return the status row of a run that has no return code of this sweep: skipped, interrupted or not started."
     return {"run_name": run_name, "status": status, "returncode": None, "seconds": None, "gpu": None,
@@ -557,6 +577,7 @@ def run_sweep(
     _check_existing_specs(plan, output_dir)
     _check_volume_sizes(plan)
     _check_input_paths(plan)
+    _check_choice_values(plan)
 
     rows = {}
     pending = []
@@ -699,6 +720,7 @@ def sweep_cli(
         _parse_gpus(args.gpus)
         _check_volume_sizes(plan)  # here too, so that --dry-run rejects what the sweep would reject
         _check_input_paths(plan)
+        _check_choice_values(plan)
     except (ValueError, FileNotFoundError) as error:
         print(f"mgmt_nb_sweep: error: {error}", file=sys.stderr)
         return 2

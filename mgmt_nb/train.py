@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from .core import LABEL_COLUMN, SYNTHETIC_NOTE, logger
 __all__ = ['VALIDATION_SCHEMES', 'MONITORS', 'BACKUP_FILES', 'resolve_cohorts', 'default_run_name', 'parse_sequences',
            'make_strategy', 'set_precision', 'check_monitor', 'check_validation', 'kfold_splits',
            'combine_fold_predictions', 'shuffle_labels', 'save_params', 'marked_csv_logger', 'make_callbacks',
-           'check_backup', 'set_backbone_trainable', 'train_model', 'checkpoint_epoch', 'predict_frame']
+           'check_backup', 'resume_state', 'set_backbone_trainable', 'train_model', 'checkpoint_epoch', 'predict_frame']
 
 # %% ../nbs/05_train.ipynb #d9ccc2c3
 def resolve_cohorts(
@@ -185,8 +186,12 @@ def save_params(run_dir, params: dict, synthetic: bool) -> Path:
     if path.is_file():
         stored = json.loads(path.read_text())
         # The note's wording may change between versions of mgmt_nb without changing the run.
+        def shown(values: dict, key: str) -> str:
+            # augment_ops and monitor are recorded only when they differ from the default, so a missing key means the default.
+            return repr(values[key]) if key in values else "the default"
+
         changes = [
-            f"{key}: {stored.get(key)!r} -> {record.get(key)!r}"
+            f"{key}: {shown(stored, key)} -> {shown(record, key)}"
             for key in sorted(set(stored) | set(record)) if key != "note" and stored.get(key) != record.get(key)
         ]
         if changes:
@@ -227,12 +232,27 @@ def make_callbacks(
     best_value: float | None = None,  # best `monitor` value of an earlier fit of the same run, so the checkpoint only improves on it
     synthetic: bool = False,  # the data are a phantom cohort: history.csv gets a synthetic column of True
     monitor: str = "val_loss",  # quantity of MONITORS that the checkpoint, early stopping and learning-rate schedule follow
+    waited: int | None = None,  # epochs logged since `best_value` was reached, for a resumed fit; None: early stopping and the schedule start afresh
 ) -> list:
     "Create the training callbacks, all writing into `run_dir`."
     import keras
 
     run_dir = Path(run_dir)
     mode = MONITORS[check_monitor(monitor)]
+    lr_patience = max(1, patience - 1)
+
+    class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if best_value is not None and waited is not None:  # a resumed fit counts patience from the best epoch logged before
+                self.best, self.wait = best_value, waited
+
+    class ResumedReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if best_value is not None and waited is not None:  # without a cooldown, each reduction starts the count again
+                self.best, self.wait = best_value, waited % lr_patience
+
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         marked_csv_logger(run_dir / "history.csv", synthetic),
@@ -240,8 +260,8 @@ def make_callbacks(
             str(run_dir / "best.weights.h5"), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True,
             initial_value_threshold=best_value,
         ),
-        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=max(1, patience - 1), min_lr=1e-7),
+        ResumedEarlyStopping(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True),
+        ResumedReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=lr_patience, min_lr=1e-7),
         keras.callbacks.TerminateOnNaN(),
     ]
 
@@ -304,6 +324,31 @@ def check_backup(
     logger.warning("%s. The fit starts again from epoch 0.", message)
     return "discarded"
 
+# %% ../nbs/05_train.ipynb #0cf1e86b
+def resume_state(
+    model_dir,  # run or fold folder, after check_backup
+    monitor: str = "val_loss",  # quantity of MONITORS that the checkpoint follows
+    freeze_epochs: int = 0,  # epochs of the frozen-backbone fit that comes before the main fit
+) -> dict:  # status ("new", "resume", "finished" or "restart"), next_epoch, best_value, best_epoch, logged (epochs in history.csv)
+    "Read history.csv and the backup of a run folder to decide how its fit starts, trimming log rows of an epoch that runs again."
+    model_dir = Path(model_dir)
+    history_path, metadata_path = model_dir / "history.csv", model_dir / "backup" / BACKUP_FILES[1]
+    history = pd.read_csv(history_path) if history_path.is_file() and history_path.stat().st_size else pd.DataFrame(columns=["epoch"])
+    state = {"status": "new", "next_epoch": 0, "best_value": None, "best_epoch": None, "logged": len(history)}
+    if metadata_path.is_file():
+        state.update(status="resume", next_epoch=int(json.loads(metadata_path.read_text())["epoch"]))
+        if (history["epoch"] >= state["next_epoch"]).any():
+            history = history[history["epoch"] < state["next_epoch"]]
+            history.to_csv(history_path, index=False)
+            state["logged"] = len(history)
+    elif len(history):
+        state["status"] = "finished" if history["epoch"].max() >= freeze_epochs else "restart"
+    if monitor in history and history[monitor].notna().any():
+        values = history[monitor]
+        best = values.idxmin() if MONITORS[monitor] == "min" else values.idxmax()
+        state.update(best_value=float(values[best]), best_epoch=int(history.loc[best, "epoch"]))
+    return state
+
 # %% ../nbs/05_train.ipynb #d8c6ccf6
 def set_backbone_trainable(model, arch: str, trainable: bool) -> None:
     "Freeze or unfreeze the backbone layer (named after `arch`) of a model from build_model."
@@ -357,25 +402,53 @@ def train_model(
     )
 
     check_backup(model_dir)
-    first_epoch = 0
+    state = resume_state(model_dir, monitor, freeze_epochs)
+    best_path = model_dir / "best.weights.h5"
+    if state["status"] == "finished":
+        if not best_path.is_file():
+            raise FileNotFoundError(
+                f"{model_dir / 'history.csv'} logs a finished fit of {state['logged']} epochs, but {best_path} is missing. "
+                f"Delete {model_dir} or pass another run_name to train again."
+            )
+        print(
+            f"{model_dir}: the fit finished before ({state['logged']} epochs logged, no backup), so its checkpoint is "
+            "evaluated again without training. Delete the folder or pass another run_name to train again."
+        )
+        with warnings.catch_warnings():  # the checkpoint was saved without the optimizer state, which evaluation does not need
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(best_path)
+        print(checkpoint_epoch(model_dir / "history.csv", monitor))
+        return model
+    if state["status"] == "restart":
+        moved = model_dir / f"history.discarded-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.csv"
+        (model_dir / "history.csv").rename(moved)
+        logger.warning(
+            "%s logs only frozen-backbone epochs and no backup exists, so their weights are lost; moved it to %s, "
+            "and the fit starts again from epoch 0.", model_dir / "history.csv", moved.name,
+        )
+        state = resume_state(model_dir, monitor, freeze_epochs)
+
+    def resumed_callbacks(state: dict, resumed: bool):
+        waited = state["next_epoch"] - 1 - state["best_epoch"] if resumed and state["best_epoch"] is not None else None
+        return make_callbacks(model_dir, patience, state["best_value"], synthetic, monitor, waited)
+
+    resumed = state["status"] == "resume"
     if freeze_epochs:
         set_backbone_trainable(model, arch, False)
         compile_for_fit(model)
-        model.fit(train_data, validation_data=val_data, epochs=freeze_epochs, callbacks=make_callbacks(model_dir, patience, synthetic=synthetic, monitor=monitor), shuffle=False, verbose=2)
+        if state["next_epoch"] < freeze_epochs:  # a backup from the main fit skips the frozen epochs, which ran before it
+            model.fit(train_data, validation_data=val_data, epochs=freeze_epochs, callbacks=resumed_callbacks(state, resumed), shuffle=False, verbose=2)
+            # The checkpoint of the main fit improves on the frozen epochs; its early stopping and schedule start afresh.
+            state, resumed = {**resume_state(model_dir, monitor), "next_epoch": freeze_epochs}, False
         set_backbone_trainable(model, arch, True)
         compile_for_fit(model)
-        first_epoch = freeze_epochs
-    best_value = None
-    if first_epoch:
-        logged = pd.read_csv(model_dir / "history.csv")[monitor]
-        best_value = logged.min() if MONITORS[monitor] == "min" else logged.max()
     model.fit(
-        train_data, validation_data=val_data, initial_epoch=first_epoch, epochs=epochs,
-        callbacks=make_callbacks(model_dir, patience, best_value, synthetic, monitor), shuffle=False, verbose=2,
+        train_data, validation_data=val_data, initial_epoch=freeze_epochs, epochs=epochs,
+        callbacks=resumed_callbacks(state, resumed), shuffle=False, verbose=2,
     )
-    if (model_dir / "best.weights.h5").is_file():
-        model.load_weights(model_dir / "best.weights.h5")
-        save_model_weights(model, model_dir / "best.weights.h5")  # drops the optimizer state, two thirds of the file with Adam
+    if best_path.is_file():
+        model.load_weights(best_path)
+        save_model_weights(model, best_path)  # drops the optimizer state, two thirds of the file with Adam
         print(checkpoint_epoch(model_dir / "history.csv", monitor))
     return model
 
@@ -392,7 +465,8 @@ def checkpoint_epoch(
     best = values.idxmin() if MONITORS[monitor] == "min" else values.idxmax()
     word = "lowest" if MONITORS[monitor] == "min" else "highest"
     epoch = int(history.loc[best, "epoch"])
-    line = f"checkpoint: epoch {epoch} of {len(history)} logged, the {word} {monitor} ({values[best]:.3f})"
+    # Keras prints epochs from 1 and history.csv numbers them from 0, so the line gives both.
+    line = f"checkpoint: epoch {epoch + 1} of {len(history)} trained (epoch {epoch} in history.csv), the {word} {monitor} ({values[best]:.3f})"
     if epoch == 0 and len(history) > 1:
         line += ". No later epoch did better on the validation patients, so the model learned little that carries over to them"
     return line

@@ -212,7 +212,7 @@ def test_monitor_val_auc_run(tmp_path, cache_root, phantom_pair):
     history = pd.read_csv(run_dir / "history.csv")
     best = history.loc[history["val_auc"].idxmax()]
     printed = notebook_stream(tmp_path / "by_auc.ipynb", "stdout")
-    assert f"checkpoint: epoch {int(best['epoch'])} of {len(history)} logged, the highest val_auc ({best['val_auc']:.3f})" in printed
+    assert f"checkpoint: epoch {int(best['epoch']) + 1} of {len(history)} trained (epoch {int(best['epoch'])} in history.csv), the highest val_auc ({best['val_auc']:.3f})" in printed
 
 
 def test_unknown_monitor_fails_early(tmp_path, cache_root, phantom_pair):
@@ -220,3 +220,18 @@ def test_unknown_monitor_fails_early(tmp_path, cache_root, phantom_pair):
     assert result.returncode != 0
     assert "monitor='accuracy' is not supported" in result.stderr
     assert not (tmp_path / "by_accuracy").exists(), "no run folder is created for invalid parameters"
+
+
+def test_finished_run_not_trained_again(tmp_path, cache_root, phantom_pair):
+    "Started again with the same run_name and parameters, a finished run evaluates its checkpoint instead of training a second time."
+    first = run_training(tmp_path, "twice", cache_root, epochs=2, leakage_audit=False)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "twice"
+    checkpoint = (run_dir / "best.weights.h5").read_bytes()
+    second = run_training(tmp_path, "twice", cache_root, epochs=2, leakage_audit=False)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0, 1]
+    assert (run_dir / "best.weights.h5").read_bytes() == checkpoint
+    printed = notebook_stream(tmp_path / "twice.ipynb", "stdout")
+    assert "the fit finished before (2 epochs logged, no backup)" in printed
+    assert "Epoch 1/2" not in printed

@@ -36,3 +36,10 @@ def test_new_note_wording_still_resumes(tmp_path):
     path.write_text(json.dumps({**json.loads(path.read_text()), "note": "an older wording of the note"}))
     save_params(tmp_path, PARAMS, synthetic=True)
     assert json.loads(path.read_text())["note"] == SYNTHETIC_NOTE
+
+
+def test_default_shown_for_unrecorded_param(tmp_path):
+    "A parameter recorded only when it differs from its default reads 'the default' in the mismatch message, not None."
+    save_params(tmp_path, {**PARAMS, "monitor": "val_auc"}, synthetic=True)
+    with pytest.raises(ValueError, match=r"monitor: 'val_auc' -> the default"):
+        save_params(tmp_path, PARAMS, synthetic=True)
