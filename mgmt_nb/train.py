@@ -21,7 +21,8 @@ from .core import LABEL_COLUMN, SYNTHETIC_NOTE, logger
 __all__ = ['VALIDATION_SCHEMES', 'MONITORS', 'BACKUP_FILES', 'resolve_cohorts', 'default_run_name', 'parse_sequences',
            'make_strategy', 'set_precision', 'check_monitor', 'check_validation', 'kfold_splits',
            'combine_fold_predictions', 'shuffle_labels', 'save_params', 'marked_csv_logger', 'make_callbacks',
-           'check_backup', 'resume_state', 'set_backbone_trainable', 'train_model', 'checkpoint_epoch', 'predict_frame']
+           'check_backup', 'resume_state', 'check_checkpoint', 'set_backbone_trainable', 'train_model',
+           'checkpoint_epoch', 'predict_frame']
 
 # %% ../nbs/05_train.ipynb #d9ccc2c3
 def resolve_cohorts(
@@ -349,6 +350,29 @@ def resume_state(
         state.update(best_value=float(values[best]), best_epoch=int(history.loc[best, "epoch"]))
     return state
 
+# %% ../nbs/05_train.ipynb #fdfb1b12
+def check_checkpoint(
+    model_dir,  # run or fold folder that may contain best.weights.h5
+) -> bool:  # True when an unreadable checkpoint was moved aside
+    "Move an unreadable best.weights.h5 aside with a warning, so that a resumed fit writes a new one instead of failing at the end."
+    import h5py
+
+    path = Path(model_dir) / "best.weights.h5"
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as file:
+            file.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)  # reads every array
+        return False
+    except OSError as error:
+        moved = path.with_name(f"best.weights.unreadable-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.h5")
+        path.rename(moved)
+        logger.warning(
+            "%s could not be read (%s), as happens when a run stops while the checkpoint is written; moved it to %s. "
+            "The checkpoint now keeps the best of the epochs trained from here on.", path, error, moved.name,
+        )
+        return True
+
 # %% ../nbs/05_train.ipynb #d8c6ccf6
 def set_backbone_trainable(model, arch: str, trainable: bool) -> None:
     "Freeze or unfreeze the backbone layer (named after `arch`) of a model from build_model."
@@ -402,7 +426,11 @@ def train_model(
     )
 
     check_backup(model_dir)
+    checkpoint_lost = check_checkpoint(model_dir)
     state = resume_state(model_dir, monitor, freeze_epochs)
+    if checkpoint_lost and state["status"] == "resume":  # the best weights logged before the stop are gone
+        state.update(best_value=None, best_epoch=None)
+    counted_from = state["next_epoch"] if checkpoint_lost else 0
     best_path = model_dir / "best.weights.h5"
     if state["status"] == "finished":
         if not best_path.is_file():
@@ -449,17 +477,18 @@ def train_model(
     if best_path.is_file():
         model.load_weights(best_path)
         save_model_weights(model, best_path)  # drops the optimizer state, two thirds of the file with Adam
-        print(checkpoint_epoch(model_dir / "history.csv", monitor))
+        print(checkpoint_epoch(model_dir / "history.csv", monitor, since_epoch=counted_from))
     return model
 
 
 def checkpoint_epoch(
     history_path,  # history.csv of the run or fold
     monitor: str = "val_loss",  # quantity of MONITORS the checkpoint followed
+    since_epoch: int = 0,  # first epoch the checkpoint could hold (history.csv numbering), after an unreadable one was moved aside
 ) -> str:
     "Say which logged epoch the checkpoint holds: the first with the best `monitor` value, as the checkpoint only saves on a strict improvement."
     history = pd.read_csv(history_path)
-    values = history[monitor] if monitor in history else pd.Series(dtype=float)
+    values = history[monitor].where(history["epoch"] >= since_epoch) if monitor in history else pd.Series(dtype=float)
     if values.notna().sum() == 0:
         return f"checkpoint: {history_path} logs no {monitor} value"
     best = values.idxmin() if MONITORS[monitor] == "min" else values.idxmax()
