@@ -9,6 +9,7 @@ import functools
 import hashlib
 import importlib.resources
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -736,7 +737,9 @@ def make_phantom_cohort(
         "patient_index": {patient_id: first_index + offset for offset, patient_id in enumerate(patient_ids)},
         "planted_duplicates": {patient_ids[offset]: original_id for offset, (_, _, original_id) in originals.items()},
     })
-    logger.info("wrote a synthetic phantom cohort (%s, %d patients, signal %g) to %s", layout, n_patients, signal, root)
+    # The cache writes into a hidden working folder and renames it when complete, then logs the final folder itself.
+    level = logging.DEBUG if root.name.startswith(".") else logging.INFO
+    logger.log(level, "wrote a synthetic phantom cohort (%s, %d patients, signal %g) to %s", layout, n_patients, signal, root)
     return root
 
 # %% ../nbs/02_phantom.ipynb #beb5341c
@@ -829,4 +832,7 @@ def _generate_cached(root: Path, expected: dict, progress: bool, workers: int | 
             raise
         logger.debug("another process generated %s first; using its copy", root)
     else:
-        logger.info("the finished phantom cohort is in %s", root)
+        logger.info(
+            "wrote a synthetic phantom cohort (%s, %d patients, signal %g) to %s",
+            expected["layout"], expected["n_patients"], expected["signal"], root,
+        )

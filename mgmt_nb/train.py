@@ -350,7 +350,7 @@ def resume_state(
         state.update(best_value=float(values[best]), best_epoch=int(history.loc[best, "epoch"]))
     return state
 
-# %% ../nbs/05_train.ipynb #fdfb1b12
+# %% ../nbs/05_train.ipynb #7ca14f06
 def check_checkpoint(
     model_dir,  # run or fold folder that may contain best.weights.h5
 ) -> bool:  # True when an unreadable checkpoint was moved aside
