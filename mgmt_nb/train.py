@@ -18,11 +18,11 @@ import pandas as pd
 from .core import LABEL_COLUMN, SYNTHETIC_NOTE, logger
 
 # %% auto #0
-__all__ = ['VALIDATION_SCHEMES', 'MONITORS', 'BACKUP_FILES', 'resolve_cohorts', 'default_run_name', 'parse_sequences',
-           'make_strategy', 'set_precision', 'check_monitor', 'check_validation', 'kfold_splits',
-           'combine_fold_predictions', 'shuffle_labels', 'save_params', 'marked_csv_logger', 'make_callbacks',
-           'check_backup', 'resume_state', 'check_checkpoint', 'set_backbone_trainable', 'train_model',
-           'checkpoint_epoch', 'predict_frame']
+__all__ = ['VALIDATION_SCHEMES', 'MONITORS', 'CHECKPOINT_RECORD', 'BACKUP_FILES', 'resolve_cohorts', 'default_run_name',
+           'parse_sequences', 'make_strategy', 'set_precision', 'check_monitor', 'check_validation', 'kfold_splits',
+           'combine_fold_predictions', 'shuffle_labels', 'save_params', 'marked_csv_logger', 'read_checkpoint_record',
+           'make_callbacks', 'check_backup', 'resume_state', 'check_checkpoint', 'recover_checkpoint',
+           'set_backbone_trainable', 'train_model', 'load_checkpoint', 'checkpoint_epoch', 'predict_frame']
 
 # %% ../nbs/05_train.ipynb #d9ccc2c3
 def resolve_cohorts(
@@ -227,13 +227,24 @@ def marked_csv_logger(
     return MarkedCSVLogger(str(path), append=True)
 
 
+CHECKPOINT_RECORD = "checkpoint.json"  # epoch, monitor and value of the weights in best.weights.h5, written with each save
+
+
+def read_checkpoint_record(
+    model_dir,  # run or fold folder
+) -> dict | None:  # {"epoch", "monitor", "value"}, or None for a folder without a record (none saved yet, or a run made before records)
+    "Read which epoch and monitored value the weights in best.weights.h5 come from."
+    path = Path(model_dir) / CHECKPOINT_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def make_callbacks(
     run_dir,  # run folder that receives the log, checkpoint and backup
     patience: int = 3,  # epochs without a better `monitor` value before early stopping
-    best_value: float | None = None,  # best `monitor` value of an earlier fit of the same run, so the checkpoint only improves on it
+    best_value: float | None = None,  # `monitor` value of the weights already in best.weights.h5, so the checkpoint only improves on it
     synthetic: bool = False,  # the data are a phantom cohort: history.csv gets a synthetic column of True
     monitor: str = "val_loss",  # quantity of MONITORS that the checkpoint, early stopping and learning-rate schedule follow
-    waited: int | None = None,  # epochs logged since `best_value` was reached, for a resumed fit; None: early stopping and the schedule start afresh
+    resumed: tuple | None = None,  # (best logged value of this fit, epochs logged since it) before a stop; None: early stopping and the schedule start afresh
 ) -> list:
     "Create the training callbacks, all writing into `run_dir`."
     import keras
@@ -242,22 +253,39 @@ def make_callbacks(
     mode = MONITORS[check_monitor(monitor)]
     lr_patience = max(1, patience - 1)
 
+    class RecordedCheckpoint(keras.callbacks.ModelCheckpoint):
+        def on_epoch_end(self, epoch, logs=None):
+            before = self.best
+            super().on_epoch_end(epoch, logs)
+            if self.best is not None and (before is None or self.best != before):  # the weights were saved
+                record = {"epoch": int(epoch), "monitor": monitor, "value": float(self.best)}
+                (run_dir / CHECKPOINT_RECORD).write_text(json.dumps(record))
+
     class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
         def on_train_begin(self, logs=None):
             super().on_train_begin(logs)
-            if best_value is not None and waited is not None:  # a resumed fit counts patience from the best epoch logged before
-                self.best, self.wait = best_value, waited
+            if resumed is not None:  # a resumed fit counts patience from the best epoch logged before the stop
+                self.best, self.wait = resumed
 
     class ResumedReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
         def on_train_begin(self, logs=None):
             super().on_train_begin(logs)
-            if best_value is not None and waited is not None:  # without a cooldown, each reduction starts the count again
-                self.best, self.wait = best_value, waited % lr_patience
+            if resumed is None:
+                return
+            best, waited = resumed
+            self.best, self.wait = best, waited % lr_patience  # without a cooldown, each reduction starts the count again
+            if waited and self.wait == 0:
+                # The last epoch before the stop lowered the rate after its backup was written, so the restored
+                # optimizer still has the rate from before; apply that reduction once.
+                optimizer = self.model.optimizer
+                rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+                if rate > np.float32(self.min_lr):
+                    optimizer.learning_rate = max(rate * self.factor, self.min_lr)
 
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         marked_csv_logger(run_dir / "history.csv", synthetic),
-        keras.callbacks.ModelCheckpoint(
+        RecordedCheckpoint(
             str(run_dir / "best.weights.h5"), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True,
             initial_value_threshold=best_value,
         ),
@@ -330,31 +358,35 @@ def resume_state(
     model_dir,  # run or fold folder, after check_backup
     monitor: str = "val_loss",  # quantity of MONITORS that the checkpoint follows
     freeze_epochs: int = 0,  # epochs of the frozen-backbone fit that comes before the main fit
-) -> dict:  # status ("new", "resume", "finished" or "restart"), next_epoch, best_value, best_epoch, logged (epochs in history.csv)
+) -> dict:  # status, next_epoch, logged, phase_start, best_value, best_epoch, waited (see the list above)
     "Read history.csv and the backup of a run folder to decide how its fit starts, trimming log rows of an epoch that runs again."
     model_dir = Path(model_dir)
     history_path, metadata_path = model_dir / "history.csv", model_dir / "backup" / BACKUP_FILES[1]
     history = pd.read_csv(history_path) if history_path.is_file() and history_path.stat().st_size else pd.DataFrame(columns=["epoch"])
-    state = {"status": "new", "next_epoch": 0, "best_value": None, "best_epoch": None, "logged": len(history)}
-    if metadata_path.is_file():
-        state.update(status="resume", next_epoch=int(json.loads(metadata_path.read_text())["epoch"]))
-        if (history["epoch"] >= state["next_epoch"]).any():
-            history = history[history["epoch"] < state["next_epoch"]]
-            history.to_csv(history_path, index=False)
-            state["logged"] = len(history)
-    elif len(history):
-        state["status"] = "finished" if history["epoch"].max() >= freeze_epochs else "restart"
-    if monitor in history and history[monitor].notna().any():
-        values = history[monitor]
+    state = {"status": "new", "next_epoch": 0, "logged": len(history), "phase_start": 0, "best_value": None, "best_epoch": None, "waited": None}
+    if not metadata_path.is_file():
+        if len(history):
+            state["status"] = "finished" if history["epoch"].max() >= freeze_epochs else "restart"
+        return state
+    next_epoch = int(json.loads(metadata_path.read_text())["epoch"])
+    state.update(status="resume", next_epoch=next_epoch, phase_start=freeze_epochs if next_epoch > freeze_epochs else 0)
+    if (history["epoch"] >= next_epoch).any():
+        history = history[history["epoch"] < next_epoch]
+        history.to_csv(history_path, index=False)
+        state["logged"] = len(history)
+    phase = history[history["epoch"] >= state["phase_start"]]
+    if monitor in phase and phase[monitor].notna().any():
+        values = phase[monitor]
         best = values.idxmin() if MONITORS[monitor] == "min" else values.idxmax()
-        state.update(best_value=float(values[best]), best_epoch=int(history.loc[best, "epoch"]))
+        best_epoch = int(phase.loc[best, "epoch"])
+        state.update(best_value=float(values[best]), best_epoch=best_epoch, waited=next_epoch - 1 - best_epoch)
     return state
 
 # %% ../nbs/05_train.ipynb #7ca14f06
 def check_checkpoint(
     model_dir,  # run or fold folder that may contain best.weights.h5
 ) -> bool:  # True when an unreadable checkpoint was moved aside
-    "Move an unreadable best.weights.h5 aside with a warning, so that a resumed fit writes a new one instead of failing at the end."
+    "Move an unreadable best.weights.h5 and its record aside with a warning, so that a resumed fit writes a new one instead of failing at the end."
     import h5py
 
     path = Path(model_dir) / "best.weights.h5"
@@ -365,13 +397,42 @@ def check_checkpoint(
             file.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)  # reads every array
         return False
     except OSError as error:
-        moved = path.with_name(f"best.weights.unreadable-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.h5")
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        moved = path.with_name(f"best.weights.unreadable-{stamp}.h5")
         path.rename(moved)
+        record = path.with_name(CHECKPOINT_RECORD)
+        if record.is_file():
+            record.rename(path.with_name(f"checkpoint.unreadable-{stamp}.json"))
         logger.warning(
             "%s could not be read (%s), as happens when a run stops while the checkpoint is written; moved it to %s. "
             "The checkpoint now keeps the best of the epochs trained from here on.", path, error, moved.name,
         )
         return True
+
+
+def recover_checkpoint(
+    model_dir,  # run or fold folder of a fit that resumes
+    state: dict,  # resume_state of the folder
+    monitor: str = "val_loss",  # quantity of MONITORS that the checkpoint follows
+) -> bool:  # True when the backup's weights became the checkpoint
+    "Copy the backup's weights to best.weights.h5 when the last backed-up epoch improved on the checkpoint but the stop came before it was saved."
+    model_dir = Path(model_dir)
+    record, best_path, backup = read_checkpoint_record(model_dir), model_dir / "best.weights.h5", model_dir / "backup" / BACKUP_FILES[0]
+    if state["status"] != "resume" or not backup.is_file() or (record is None and best_path.is_file()):
+        return False  # nothing to resume, or a checkpoint written before records existed
+    last = state["next_epoch"] - 1
+    history = pd.read_csv(model_dir / "history.csv") if (model_dir / "history.csv").is_file() else pd.DataFrame(columns=["epoch"])
+    row = history[history["epoch"] == last]
+    if row.empty or monitor not in row or row[monitor].isna().all():
+        return False
+    value = float(row[monitor].iloc[0])
+    if record is not None and not (value < record["value"] if MONITORS[monitor] == "min" else value > record["value"]):
+        return False
+    # Keras writes the backup first, then the log row, then the checkpoint: the backup holds exactly that epoch's weights.
+    shutil.copyfile(backup, best_path)
+    (model_dir / CHECKPOINT_RECORD).write_text(json.dumps({"epoch": last, "monitor": monitor, "value": value}))
+    logger.info("the run stopped before the checkpoint of epoch %d was saved; copied it from the backup", last)
+    return True
 
 # %% ../nbs/05_train.ipynb #d8c6ccf6
 def set_backbone_trainable(model, arch: str, trainable: bool) -> None:
@@ -426,12 +487,17 @@ def train_model(
     )
 
     check_backup(model_dir)
-    checkpoint_lost = check_checkpoint(model_dir)
+    check_checkpoint(model_dir)
     state = resume_state(model_dir, monitor, freeze_epochs)
-    if checkpoint_lost and state["status"] == "resume":  # the best weights logged before the stop are gone
-        state.update(best_value=None, best_epoch=None)
-    counted_from = state["next_epoch"] if checkpoint_lost else 0
+    recover_checkpoint(model_dir, state, monitor)
     best_path = model_dir / "best.weights.h5"
+    if state["status"] == "resume" and (state["next_epoch"] == freeze_epochs or (state["waited"] or 0) >= patience):
+        # The stop came after the last epoch of a fit (the frozen one, or one that early stopping had ended) but
+        # before Keras deleted its backup, so that fit is over.
+        shutil.rmtree(model_dir / "backup")
+        state = resume_state(model_dir, monitor, freeze_epochs)
+    if state["status"] == "restart" and best_path.is_file():
+        state["status"] = "frozen_done"  # the frozen fit is over, and the checkpoint holds its best epoch
     if state["status"] == "finished":
         if not best_path.is_file():
             raise FileNotFoundError(
@@ -442,60 +508,81 @@ def train_model(
             f"{model_dir}: the fit finished before ({state['logged']} epochs logged, no backup), so its checkpoint is "
             "evaluated again without training. Delete the folder or pass another run_name to train again."
         )
-        with warnings.catch_warnings():  # the checkpoint was saved without the optimizer state, which evaluation does not need
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            model.load_weights(best_path)
+        load_checkpoint(model, best_path)
         print(checkpoint_epoch(model_dir / "history.csv", monitor))
         return model
     if state["status"] == "restart":
         moved = model_dir / f"history.discarded-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.csv"
         (model_dir / "history.csv").rename(moved)
         logger.warning(
-            "%s logs only frozen-backbone epochs and no backup exists, so their weights are lost; moved it to %s, "
+            "%s logs only frozen-backbone epochs, and neither a backup nor a checkpoint exists; moved it to %s, "
             "and the fit starts again from epoch 0.", model_dir / "history.csv", moved.name,
         )
         state = resume_state(model_dir, monitor, freeze_epochs)
 
-    def resumed_callbacks(state: dict, resumed: bool):
-        waited = state["next_epoch"] - 1 - state["best_epoch"] if resumed and state["best_epoch"] is not None else None
-        return make_callbacks(model_dir, patience, state["best_value"], synthetic, monitor, waited)
+    def saved_value():
+        record = read_checkpoint_record(model_dir)
+        if record is not None or not best_path.is_file():
+            return None if record is None else record["value"]
+        # A checkpoint written before records existed: its value is the best logged one.
+        logged = pd.read_csv(model_dir / "history.csv")[monitor]
+        return float(logged.min() if MONITORS[monitor] == "min" else logged.max())
+
+    def callbacks(resumed: bool):
+        restored = (state["best_value"], state["waited"]) if resumed and state["best_value"] is not None else None
+        return make_callbacks(model_dir, patience, saved_value(), synthetic, monitor, restored)
 
     resumed = state["status"] == "resume"
     if freeze_epochs:
         set_backbone_trainable(model, arch, False)
         compile_for_fit(model)
-        if state["next_epoch"] < freeze_epochs:  # a backup from the main fit skips the frozen epochs, which ran before it
-            model.fit(train_data, validation_data=val_data, epochs=freeze_epochs, callbacks=resumed_callbacks(state, resumed), shuffle=False, verbose=2)
-            # The checkpoint of the main fit improves on the frozen epochs; its early stopping and schedule start afresh.
-            state, resumed = {**resume_state(model_dir, monitor), "next_epoch": freeze_epochs}, False
+        if state["status"] in ("new", "resume") and state["next_epoch"] < freeze_epochs:
+            model.fit(train_data, validation_data=val_data, epochs=freeze_epochs, callbacks=callbacks(resumed), shuffle=False, verbose=2)
+            resumed = False  # the main fit's early stopping and schedule start afresh, as after an uninterrupted frozen fit
+        if state["next_epoch"] <= freeze_epochs and best_path.is_file():
+            load_checkpoint(model, best_path)  # the best frozen epoch, whether or not the frozen fit was interrupted
         set_backbone_trainable(model, arch, True)
         compile_for_fit(model)
+        # NOTE: Keras keeps the epoch that BackupAndRestore restored in the private Model._initial_epoch, which would
+        # override initial_epoch in the next fit (checked with Keras 3.15.1).
+        model._initial_epoch = None
     model.fit(
         train_data, validation_data=val_data, initial_epoch=freeze_epochs, epochs=epochs,
-        callbacks=resumed_callbacks(state, resumed), shuffle=False, verbose=2,
+        callbacks=callbacks(resumed), shuffle=False, verbose=2,
     )
     if best_path.is_file():
         model.load_weights(best_path)
         save_model_weights(model, best_path)  # drops the optimizer state, two thirds of the file with Adam
-        print(checkpoint_epoch(model_dir / "history.csv", monitor, since_epoch=counted_from))
+        print(checkpoint_epoch(model_dir / "history.csv", monitor))
     return model
 
 
+def load_checkpoint(model, path) -> None:
+    "Load a checkpoint into a compiled model, quietly when the file lacks an optimizer state that loading does not need."
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(path)
+
+
 def checkpoint_epoch(
-    history_path,  # history.csv of the run or fold
+    history_path,  # history.csv of the run or fold, next to its best.weights.h5
     monitor: str = "val_loss",  # quantity of MONITORS the checkpoint followed
-    since_epoch: int = 0,  # first epoch the checkpoint could hold (history.csv numbering), after an unreadable one was moved aside
 ) -> str:
-    "Say which logged epoch the checkpoint holds: the first with the best `monitor` value, as the checkpoint only saves on a strict improvement."
+    "Say which epoch the checkpoint holds, from its checkpoint.json, or for a run made before such records from the best logged value."
     history = pd.read_csv(history_path)
-    values = history[monitor].where(history["epoch"] >= since_epoch) if monitor in history else pd.Series(dtype=float)
-    if values.notna().sum() == 0:
-        return f"checkpoint: {history_path} logs no {monitor} value"
-    best = values.idxmin() if MONITORS[monitor] == "min" else values.idxmax()
     word = "lowest" if MONITORS[monitor] == "min" else "highest"
-    epoch = int(history.loc[best, "epoch"])
+    record = read_checkpoint_record(Path(history_path).parent)
+    if record is not None:
+        epoch, value = int(record["epoch"]), float(record["value"])
+    else:
+        values = history[monitor] if monitor in history else pd.Series(dtype=float)
+        if values.notna().sum() == 0:
+            return f"checkpoint: {history_path} logs no {monitor} value"
+        best = values.idxmin() if MONITORS[monitor] == "min" else values.idxmax()
+        epoch, value = int(history.loc[best, "epoch"]), float(values[best])
     # Keras prints epochs from 1 and history.csv numbers them from 0, so the line gives both.
-    line = f"checkpoint: epoch {epoch + 1} of {len(history)} trained (epoch {epoch} in history.csv), the {word} {monitor} ({values[best]:.3f})"
+    logged = f"{len(history)} epoch{'s' if len(history) != 1 else ''}"
+    line = f"checkpoint: epoch {epoch + 1} (epoch {epoch} in history.csv, which logs {logged}), the {word} {monitor} ({value:.3f})"
     if epoch == 0 and len(history) > 1:
         line += ". No later epoch did better on the validation patients, so the model learned little that carries over to them"
     return line

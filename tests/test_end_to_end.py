@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import REPO, run_training
 from mgmt_nb.core import SYNTHETIC_NOTE
@@ -212,7 +213,10 @@ def test_monitor_val_auc_run(tmp_path, cache_root, phantom_pair):
     history = pd.read_csv(run_dir / "history.csv")
     best = history.loc[history["val_auc"].idxmax()]
     printed = notebook_stream(tmp_path / "by_auc.ipynb", "stdout")
-    assert f"checkpoint: epoch {int(best['epoch']) + 1} of {len(history)} trained (epoch {int(best['epoch'])} in history.csv), the highest val_auc ({best['val_auc']:.3f})" in printed
+    record = json.loads((run_dir / "checkpoint.json").read_text())
+    assert record == {"epoch": int(best["epoch"]), "monitor": "val_auc", "value": pytest.approx(best["val_auc"])}
+    expected = f"checkpoint: epoch {int(best['epoch']) + 1} (epoch {int(best['epoch'])} in history.csv, which logs {len(history)} epochs)"
+    assert f"{expected}, the highest val_auc ({best['val_auc']:.3f})" in printed
 
 
 def test_unknown_monitor_fails_early(tmp_path, cache_root, phantom_pair):
