@@ -275,8 +275,8 @@ def make_callbacks(
             best, waited = resumed
             self.best, self.wait = best, waited % lr_patience  # without a cooldown, each reduction starts the count again
             if waited and self.wait == 0:
-                # The last epoch before the stop lowered the rate after its backup was written, so the restored
-                # optimizer still has the rate from before; apply that reduction once.
+                # The last epoch before the stop lowered the rate after its backup was written. The restored
+                # optimizer therefore has the rate from before, and the reduction is applied here once.
                 optimizer = self.model.optimizer
                 rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
                 if rate > np.float32(self.min_lr):
@@ -428,7 +428,7 @@ def recover_checkpoint(
     value = float(row[monitor].iloc[0])
     if record is not None and not (value < record["value"] if MONITORS[monitor] == "min" else value > record["value"]):
         return False
-    # Keras writes the backup first, then the log row, then the checkpoint: the backup holds exactly that epoch's weights.
+    # Keras writes the backup first, then the log row, then the checkpoint, so the backup contains exactly that epoch's weights.
     shutil.copyfile(backup, best_path)
     (model_dir / CHECKPOINT_RECORD).write_text(json.dumps({"epoch": last, "monitor": monitor, "value": value}))
     logger.info("the run stopped before the checkpoint of epoch %d was saved; copied it from the backup", last)
@@ -497,7 +497,7 @@ def train_model(
         shutil.rmtree(model_dir / "backup")
         state = resume_state(model_dir, monitor, freeze_epochs)
     if state["status"] == "restart" and best_path.is_file():
-        state["status"] = "frozen_done"  # the frozen fit is over, and the checkpoint holds its best epoch
+        state["status"] = "frozen_done"  # the frozen fit is over, and the checkpoint contains its best epoch
     if state["status"] == "finished":
         if not best_path.is_file():
             raise FileNotFoundError(
