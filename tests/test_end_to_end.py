@@ -197,11 +197,15 @@ def test_resume_with_truncated_backup(tmp_path, cache_root, phantom_pair):
     assert len(pd.read_csv(run_dir / "history.csv")) == 1
 
 
-def test_unknown_augmentation_fails_early(tmp_path, cache_root, phantom_pair):
-    result = run_training(tmp_path, "blur", cache_root, augment_ops="flip,blur", epochs=1)
+@pytest.mark.parametrize("parameter, value, message", [
+    ("augment_ops", "flip,blur", "names no known augmentation ['blur']"),
+    ("monitor", "accuracy", "monitor='accuracy' is not supported"),
+])
+def test_unknown_choice_fails_early(tmp_path, cache_root, phantom_pair, parameter, value, message):
+    result = run_training(tmp_path, "invalid", cache_root, epochs=1, **{parameter: value})
     assert result.returncode != 0
-    assert "names no known augmentation ['blur']" in result.stderr
-    assert not (tmp_path / "blur").exists(), "no run folder is created for invalid parameters"
+    assert message in result.stderr
+    assert not (tmp_path / "invalid").exists(), "no run folder is created for invalid parameters"
 
 
 def test_monitor_val_auc_run(tmp_path, cache_root, phantom_pair):
@@ -217,13 +221,6 @@ def test_monitor_val_auc_run(tmp_path, cache_root, phantom_pair):
     assert record == {"epoch": int(best["epoch"]), "monitor": "val_auc", "value": pytest.approx(best["val_auc"])}
     expected = f"checkpoint: epoch {int(best['epoch']) + 1} (epoch {int(best['epoch'])} in history.csv, which logs {len(history)} epochs)"
     assert f"{expected}, the highest val_auc ({best['val_auc']:.3f})" in printed
-
-
-def test_unknown_monitor_fails_early(tmp_path, cache_root, phantom_pair):
-    result = run_training(tmp_path, "by_accuracy", cache_root, monitor="accuracy", epochs=1)
-    assert result.returncode != 0
-    assert "monitor='accuracy' is not supported" in result.stderr
-    assert not (tmp_path / "by_accuracy").exists(), "no run folder is created for invalid parameters"
 
 
 def test_finished_run_not_trained_again(tmp_path, cache_root, phantom_pair):
