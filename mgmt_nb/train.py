@@ -369,6 +369,8 @@ def resume_state(
             state["status"] = "finished" if history["epoch"].max() >= freeze_epochs else "restart"
         return state
     next_epoch = int(json.loads(metadata_path.read_text())["epoch"])
+    # NOTE: a stop between the backup and the log row of an epoch leaves that epoch unlogged. The fit then
+    # continues after it, and neither the checkpoint nor early stopping ever sees its value.
     state.update(status="resume", next_epoch=next_epoch, phase_start=freeze_epochs if next_epoch > freeze_epochs else 0)
     if (history["epoch"] >= next_epoch).any():
         history = history[history["epoch"] < next_epoch]
