@@ -19,6 +19,8 @@ import mgmt_nb.model
 import mgmt_nb.train as training
 from mgmt_nb.core import LABEL_COLUMN
 
+# Keras converts the learning rate through np.array, which NumPy 2 warns about once per epoch and callback.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 CALLBACK_ORDER = ["backup", "log", "checkpoint", "early_stopping", "schedule", "nan"]  # make_callbacks' list, in order
 FRAME = pd.DataFrame({LABEL_COLUMN: [0, 1] * 4})
 
