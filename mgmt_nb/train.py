@@ -110,6 +110,17 @@ def check_monitor(monitor: str) -> str:
     return monitor
 
 
+def _best_index(values: pd.Series, monitor: str):
+    "Return the index label of the best `monitor` value in `values`, the first one on a tie, skipping NaN."
+    return values.idxmin() if MONITORS[monitor] == "min" else values.idxmax()
+
+
+def _read_history(path) -> pd.DataFrame:
+    "Read a history.csv, or return an empty log when the file is missing or empty (Keras creates it empty when a fit starts)."
+    path = Path(path)
+    return pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame(columns=["epoch"])
+
+
 def check_validation(validation: str, folds: int) -> None:
     "Raise ValueError unless `validation` is a known scheme and `folds` a usable number of folds."
     if validation not in VALIDATION_SCHEMES:
@@ -186,11 +197,11 @@ def save_params(run_dir, params: dict, synthetic: bool) -> Path:
     path = Path(run_dir) / "params.json"
     if path.is_file():
         stored = json.loads(path.read_text())
-        # The note's wording may change between versions of mgmt_nb without changing the run.
         def shown(values: dict, key: str) -> str:
             # augment_ops and monitor are recorded only when they differ from the default, so a missing key means the default.
             return repr(values[key]) if key in values else "the default"
 
+        # The note's wording may change between versions of mgmt_nb without changing the run.
         changes = [
             f"{key}: {shown(stored, key)} -> {shown(record, key)}"
             for key in sorted(set(stored) | set(record)) if key != "note" and stored.get(key) != record.get(key)
@@ -244,7 +255,7 @@ def make_callbacks(
     best_value: float | None = None,  # `monitor` value of the weights already in best.weights.h5, so the checkpoint only improves on it
     synthetic: bool = False,  # the data are a phantom cohort: history.csv gets a synthetic column of True
     monitor: str = "val_loss",  # quantity of MONITORS that the checkpoint, early stopping and learning-rate schedule follow
-    resumed: tuple | None = None,  # (best logged value of this fit, epochs logged since it) before a stop; None: early stopping and the schedule start afresh
+    resumed: tuple | None = None,  # (best logged value of this fit, epochs logged since it) before a stop, or None so that early stopping and the schedule start afresh
 ) -> list:
     "Create the training callbacks, all writing into `run_dir`."
     import keras
@@ -362,7 +373,7 @@ def resume_state(
     "Read history.csv and the backup of a run folder to decide how its fit starts, trimming log rows of an epoch that runs again."
     model_dir = Path(model_dir)
     history_path, metadata_path = model_dir / "history.csv", model_dir / "backup" / BACKUP_FILES[1]
-    history = pd.read_csv(history_path) if history_path.is_file() and history_path.stat().st_size else pd.DataFrame(columns=["epoch"])
+    history = _read_history(history_path)
     state = {"status": "new", "next_epoch": 0, "logged": len(history), "phase_start": 0, "best_value": None, "best_epoch": None, "waited": None}
     if not metadata_path.is_file():
         if len(history):
@@ -370,7 +381,7 @@ def resume_state(
         return state
     next_epoch = int(json.loads(metadata_path.read_text())["epoch"])
     # NOTE: a stop between the backup and the log row of an epoch leaves that epoch unlogged. The fit then
-    # continues after it, and neither the checkpoint nor early stopping ever sees its value.
+    # continues after it, and neither the checkpoint nor early stopping receives its value.
     state.update(status="resume", next_epoch=next_epoch, phase_start=freeze_epochs if next_epoch > freeze_epochs else 0)
     if (history["epoch"] >= next_epoch).any():
         history = history[history["epoch"] < next_epoch]
@@ -379,7 +390,7 @@ def resume_state(
     phase = history[history["epoch"] >= state["phase_start"]]
     if monitor in phase and phase[monitor].notna().any():
         values = phase[monitor]
-        best = values.idxmin() if MONITORS[monitor] == "min" else values.idxmax()
+        best = _best_index(values, monitor)
         best_epoch = int(phase.loc[best, "epoch"])
         state.update(best_value=float(values[best]), best_epoch=best_epoch, waited=next_epoch - 1 - best_epoch)
     return state
@@ -406,8 +417,8 @@ def check_checkpoint(
         if record.is_file():
             record.rename(path.with_name(f"checkpoint.unreadable-{stamp}.json"))
         logger.warning(
-            "%s could not be read (%s), as happens when a run stops while the checkpoint is written; moved it to %s. "
-            "The checkpoint now keeps the best of the epochs trained from here on.", path, error, moved.name,
+            "%s could not be read (%s), as happens when a run stops while the checkpoint is written. It was moved to %s, "
+            "and the checkpoint now keeps the best of the epochs trained from here on.", path, error, moved.name,
         )
         return True
 
@@ -423,7 +434,7 @@ def recover_checkpoint(
     if state["status"] != "resume" or not backup.is_file() or (record is None and best_path.is_file()):
         return False  # nothing to resume, or a checkpoint written before records existed
     last = state["next_epoch"] - 1
-    history = pd.read_csv(model_dir / "history.csv") if (model_dir / "history.csv").is_file() else pd.DataFrame(columns=["epoch"])
+    history = _read_history(model_dir / "history.csv")
     row = history[history["epoch"] == last]
     if row.empty or monitor not in row or row[monitor].isna().all():
         return False
@@ -517,18 +528,20 @@ def train_model(
         moved = model_dir / f"history.discarded-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.csv"
         (model_dir / "history.csv").rename(moved)
         logger.warning(
-            "%s logs only frozen-backbone epochs, and neither a backup nor a checkpoint exists; moved it to %s, "
+            "%s logs only frozen-backbone epochs, and neither a backup nor a checkpoint exists. It was moved to %s, "
             "and the fit starts again from epoch 0.", model_dir / "history.csv", moved.name,
         )
         state = resume_state(model_dir, monitor, freeze_epochs)
 
     def saved_value():
         record = read_checkpoint_record(model_dir)
-        if record is not None or not best_path.is_file():
-            return None if record is None else record["value"]
+        if record is not None:
+            return record["value"]
+        if not best_path.is_file():
+            return None
         # A checkpoint written before records existed: its value is the best logged one.
-        logged = pd.read_csv(model_dir / "history.csv")[monitor]
-        return float(logged.min() if MONITORS[monitor] == "min" else logged.max())
+        logged = _read_history(model_dir / "history.csv")[monitor]
+        return float(logged[_best_index(logged, monitor)])
 
     def callbacks(resumed: bool):
         restored = (state["best_value"], state["waited"]) if resumed and state["best_value"] is not None else None
@@ -570,7 +583,7 @@ def checkpoint_epoch(
     history_path,  # history.csv of the run or fold, next to its best.weights.h5
     monitor: str = "val_loss",  # quantity of MONITORS the checkpoint followed
 ) -> str:
-    "Say which epoch the checkpoint holds, from its checkpoint.json, or for a run made before such records from the best logged value."
+    "Describe which epoch the checkpoint contains, from its checkpoint.json, or for a run made before such records from the best logged value."
     history = pd.read_csv(history_path)
     word = "lowest" if MONITORS[monitor] == "min" else "highest"
     record = read_checkpoint_record(Path(history_path).parent)
@@ -580,7 +593,7 @@ def checkpoint_epoch(
         values = history[monitor] if monitor in history else pd.Series(dtype=float)
         if values.notna().sum() == 0:
             return f"checkpoint: {history_path} logs no {monitor} value"
-        best = values.idxmin() if MONITORS[monitor] == "min" else values.idxmax()
+        best = _best_index(values, monitor)
         epoch, value = int(history.loc[best, "epoch"]), float(values[best])
     # Keras prints epochs from 1 and history.csv numbers them from 0, so the line gives both.
     logged = f"{len(history)} epoch{'s' if len(history) != 1 else ''}"
