@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 import pandas as pd
+from scipy.optimize import brentq
 from scipy.stats import norm, rankdata
 from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
@@ -26,9 +27,10 @@ from .core import LABEL_COLUMN, SEQUENCES, SYNTHETIC_NOTE, MGMTDataError, logger
 
 # %% auto #0
 __all__ = ['COHORTS', 'PREDICTION_COLUMNS', 'REAL_DATA_NOTE', 'SEQUENCE_LABELS', 'SEED_SUMMARY_COLUMNS', 'SELECTION_RULES',
-           'PUBLISHED_EXTERNAL_AUC_RANGE', 'auc_ci', 'delong_test', 'delong_ci', 'binary_metrics', 'youden_threshold',
-           'format_auc', 'auc_interval_description', 'write_metrics', 'external_metrics', 'reported_cohorts',
-           'load_runs', 'results_table', 'seed_summary', 'select_model', 'plot_roc', 'plot_forest', 'reliability_curve',
+           'PUBLISHED_EXTERNAL_AUC_RANGE', 'auc_ci', 'delong_test', 'delong_ci', 'auc_standard_error', 'auc_power',
+           'patients_for_power', 'detectable_auc', 'plot_auc_power', 'binary_metrics', 'youden_threshold', 'format_auc',
+           'auc_interval_description', 'write_metrics', 'external_metrics', 'reported_cohorts', 'load_runs',
+           'results_table', 'seed_summary', 'select_model', 'plot_roc', 'plot_forest', 'reliability_curve',
            'plot_reliability', 'ensemble_mean', 'stack_predictions', 'build_ensembles', 'delong_table',
            'plot_loss_curves', 'summary_cli']
 
@@ -216,6 +218,134 @@ def delong_ci(
     se = math.sqrt(max(float(_delong_covariance(positive_placements, negative_placements)[0, 0]), 0.0))
     half_width = norm.ppf((1 + level) / 2) * se
     return (auc, max(0.0, auc - half_width), min(1.0, auc + half_width))
+
+# %% ../nbs/07_evaluate.ipynb #4e01f120
+def _is_number(value) -> bool:
+    "True for a finite int or float that is not a bool."
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_power_inputs(auc, n_positive, n_negative, level: float = 0.95) -> None:
+    "Raise ValueError for an AUC outside [0, 1], a class with no patients or a confidence level outside (0, 1)."
+    if not _is_number(auc) or not 0.0 <= float(auc) <= 1.0:
+        raise ValueError(f"auc must be a number from 0 to 1, got {auc!r}.")
+    for name, count in (("n_positive", n_positive), ("n_negative", n_negative)):
+        if isinstance(count, (bool, np.bool_)) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f"{name} must be a whole number of patients, at least 1, got {count!r}.")
+    if not _is_number(level) or not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must lie between 0 and 1, such as 0.95, got {level!r}.")
+
+
+def auc_standard_error(
+    auc: float,  # true ROC AUC, from 0 to 1
+    n_positive: int,  # methylated patients
+    n_negative: int,  # unmethylated patients
+) -> float:
+    "Compute the standard error of an empirical ROC AUC by the formula of Hanley and McNeil (1982)."
+    _check_power_inputs(auc, n_positive, n_negative)
+    auc = float(auc)
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = (auc * (1 - auc) + (n_positive - 1) * (q1 - auc**2) + (n_negative - 1) * (q2 - auc**2)) / (n_positive * n_negative)
+    return math.sqrt(max(variance, 0.0))
+
+
+def auc_power(
+    auc: float,  # true ROC AUC of the model
+    n_positive: int,  # methylated patients of the cohort
+    n_negative: int,  # unmethylated patients of the cohort
+    level: float = 0.95,  # confidence level of the two-sided interval
+) -> float:
+    "Estimate the probability that a cohort of this size gives an AUC interval lying entirely above 0.5 (normal approximation)."
+    _check_power_inputs(auc, n_positive, n_negative, level)
+    standard_error = auc_standard_error(auc, n_positive, n_negative)
+    if standard_error == 0.0:  # only at an AUC of exactly 0 or 1
+        return 1.0 if auc > 0.5 else 0.0
+    z = norm.ppf(0.5 + level / 2)
+    return float(norm.cdf((float(auc) - 0.5) / standard_error - z))
+
+
+def _class_sizes(n_patients: int, prevalence: float) -> tuple[int, int]:
+    "Split a cohort into (methylated, unmethylated) patients at the given share, with at least one of each."
+    n_positive = min(max(round(n_patients * prevalence), 1), n_patients - 1)
+    return n_positive, n_patients - n_positive
+
+
+def patients_for_power(
+    auc: float,  # true ROC AUC of the model, above 0.5
+    power: float = 0.8,  # required probability of an interval above 0.5
+    prevalence: float = 0.5,  # share of methylated patients in the cohort
+    level: float = 0.95,  # confidence level of the two-sided interval
+    max_patients: int = 1_000_000,  # largest cohort searched
+) -> int:  # patients of both classes together
+    "Find the smallest cohort whose AUC interval lies above 0.5 with the given power."
+    _check_power_inputs(auc, 1, 1, level)
+    if not float(auc) > 0.5:
+        raise ValueError(f"auc must lie above 0.5 for an interval above 0.5 to become likely, got {auc!r}.")
+    if not _is_number(power) or not 0.0 < float(power) < 1.0:
+        raise ValueError(f"power must lie between 0 and 1, such as 0.8, got {power!r}.")
+    if not _is_number(prevalence) or not 0.0 < float(prevalence) < 1.0:
+        raise ValueError(f"prevalence must lie between 0 and 1, such as 0.5, got {prevalence!r}.")
+
+    def reaches(n_patients: int) -> bool:
+        return auc_power(auc, *_class_sizes(n_patients, prevalence), level=level) >= power
+
+    if not reaches(max_patients):
+        raise ValueError(f"no cohort of up to {max_patients} patients reaches power {power} at AUC {auc}. Raise max_patients.")
+    # The power grows with the cohort, apart from steps of the rounded class sizes, so bisection finds the threshold.
+    low, high = 2, max_patients
+    while low < high:
+        middle = (low + high) // 2
+        if reaches(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def detectable_auc(
+    n_positive: int,  # methylated patients of the cohort
+    n_negative: int,  # unmethylated patients of the cohort
+    power: float = 0.8,  # required probability of an interval above 0.5
+    level: float = 0.95,  # confidence level of the two-sided interval
+) -> float:
+    "Find the smallest true AUC whose interval lies above 0.5 with the given power on a cohort of this size."
+    _check_power_inputs(0.5, n_positive, n_negative, level)
+    if not _is_number(power) or not 0.0 < float(power) < 1.0:
+        raise ValueError(f"power must lie between 0 and 1, such as 0.8, got {power!r}.")
+    # auc_power rises from (1 - level) / 2 at an AUC of 0.5 to 1 at an AUC of 1, so the root is bracketed.
+    return float(brentq(lambda auc: auc_power(auc, n_positive, n_negative, level) - power, 0.5, 1.0, xtol=1e-6))
+
+# %% ../nbs/07_evaluate.ipynb #de454a71
+def plot_auc_power(
+    aucs=(0.55, 0.6, 0.65, 0.7, 0.8),  # true AUCs, one curve each
+    max_patients: int = 400,  # largest cohort on the x axis, both classes together
+    prevalence: float = 0.5,  # share of methylated patients
+    level: float = 0.95,  # confidence level of the two-sided interval
+    mark: Mapping | None = None,  # {label: cohort size} drawn as vertical lines, such as {"external": 40}
+    ax=None,  # matplotlib axes; None makes a new figure
+):
+    "Plot the probability of an AUC interval above 0.5 against the cohort size, one curve per true AUC."
+    if not isinstance(max_patients, (int, np.integer)) or isinstance(max_patients, bool) or max_patients < 4:
+        raise ValueError(f"max_patients must be a whole number of at least 4, got {max_patients!r}.")
+    if not _is_number(prevalence) or not 0.0 < float(prevalence) < 1.0:
+        raise ValueError(f"prevalence must lie between 0 and 1, such as 0.5, got {prevalence!r}.")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    sizes = np.arange(4, max_patients + 1)
+    for true_auc in aucs:
+        powers = [auc_power(true_auc, *_class_sizes(int(size), prevalence), level=level) for size in sizes]
+        ax.plot(sizes, powers, label=f"true AUC {true_auc:g}")
+    ax.axhline(0.8, color="grey", linestyle="--", linewidth=1)
+    for label, size in (mark or {}).items():
+        ax.axvline(size, color="black", linestyle=":", linewidth=1)
+        ax.annotate(f"{label} ({size})", (size, 0.02), rotation=90, ha="right", va="bottom", fontsize=8)
+    ax.set_xlim(0, max_patients)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"patients in the cohort ({prevalence:.0%} methylated)")
+    ax.set_ylabel(f"probability that the {level:.0%} CI lies above 0.5")
+    ax.set_title("Power of an AUC interval (Hanley-McNeil normal approximation)")
+    ax.legend(loc="lower right", fontsize=8)
+    return ax
 
 # %% ../nbs/07_evaluate.ipynb #dd8aaebf
 def binary_metrics(
@@ -427,6 +557,7 @@ def external_metrics(
 # %% ../nbs/07_evaluate.ipynb #a0430004
 _RUN_COLUMNS = ["run", "run_dir", "seq", "arch", "image_size", "depth", "epochs", "synthetic"]
 _COHORT_FIELDS = ("auc", "auc_low", "auc_high", "accuracy", "n")
+_OPTIONAL_COHORT_FIELDS = ("n_positive",)  # read when present, NaN in metrics.json files written without it
 
 
 def _read_json(path: Path) -> dict:
@@ -508,15 +639,15 @@ def load_runs(
         }
         for cohort in reported_cohorts(metrics["cohorts"]):
             entry = metrics["cohorts"][cohort]
-            for field in _COHORT_FIELDS:
-                value = entry[field]
+            for field in (*_COHORT_FIELDS, *_OPTIONAL_COHORT_FIELDS):
+                value = entry.get(field)
                 row[f"{cohort}_{field}"] = math.nan if value is None else value
         rows.append(row)
 
     if not rows:
         logger.warning("no readable run folders (with metrics.json and params.json) under %s", root)
     cohorts = _cohort_order({key.rsplit("_", 1)[0] for row in rows for key in row if key.endswith("_auc")} or COHORTS)
-    columns = _RUN_COLUMNS + [f"{cohort}_{field}" for cohort in cohorts for field in _COHORT_FIELDS]
+    columns = _RUN_COLUMNS + [f"{cohort}_{field}" for cohort in cohorts for field in (*_COHORT_FIELDS, *_OPTIONAL_COHORT_FIELDS)]
     return pd.DataFrame(rows, columns=columns)
 
 # %% ../nbs/07_evaluate.ipynb #c05254d6
@@ -665,11 +796,6 @@ SELECTION_RULES = {
     "highest": "the highest {metric}",
     "lower_bound": "the highest lower bound of the 95% CI of {metric}",
 }  # rule name for select_model -> description used in its statement
-
-
-def _is_number(value) -> bool:
-    "True for a finite int or float that is not a bool."
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _complexity_key(row: pd.Series) -> tuple:

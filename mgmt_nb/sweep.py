@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .core import SYNTHETIC_NOTE, is_synthetic, logger
 from .evaluate import SEQUENCE_LABELS, SELECTION_RULES, build_ensembles, format_auc, load_runs, plot_forest
-from .evaluate import _chance_statement, results_table, seed_summary, select_model
+from .evaluate import _chance_statement, detectable_auc, results_table, seed_summary, select_model
 from .train import parse_sequences
 
 # %% auto #0
@@ -334,6 +334,27 @@ def _checkpoint_lines(specs: list[dict]) -> list[str]:
     ]
 
 
+def _power_lines(runs: pd.DataFrame, power: float = 0.8) -> list[str]:
+    "Return the results.md note on the smallest true AUC that each cohort size shows above 0.5 with the given power, or no lines without class counts."
+    parts = []
+    for cohort in ("validation", "external"):
+        columns = [f"{cohort}_n", f"{cohort}_n_positive"]
+        if not set(columns) <= set(runs.columns):
+            continue
+        sizes = runs[columns].apply(pd.to_numeric, errors="coerce").dropna().astype(int).drop_duplicates()
+        for n_patients, n_positive in sizes.itertuples(index=False):
+            if 0 < n_positive < n_patients:
+                auc = detectable_auc(n_positive, n_patients - n_positive, power=power)
+                parts.append(f"{auc:.2f} on the {cohort} cohort ({n_positive} methylated, {n_patients - n_positive} unmethylated)")
+    if not parts:
+        return []
+    return [
+        f"Cohort size: a model's 95% CI lies above 0.5 in {power:.0%} of cohorts of these sizes only when its true AUC is "
+        f"at least {'; '.join(parts)}, by the Hanley-McNeil normal approximation (`evaluate.detectable_auc`). "
+        "So a CI that covers 0.5 on such a cohort does not show that the model ranks at chance.", "",
+    ]
+
+
 def _load_named_runs(specs: list[dict], output_dir: Path) -> pd.DataFrame:
     "Load the finished runs of `specs` with load_runs, naming each by its run name and adding its seed."
     runs = load_runs([str(output_dir / spec["run_name"]) for spec in specs])
@@ -401,6 +422,7 @@ def write_sweep_report(
         table = results_table(runs, layout="sequence")
         lines += ["## ROC AUC by architecture and sequence", "", table.attrs["caption"], "", _markdown_table(table), ""]
         lines += _checkpoint_lines([spec for spec in done if not spec["permute_labels"]])
+        lines += _power_lines(runs)
         lines += _seed_lines(runs)
         try:
             chosen, selection = select_model(runs, rule=rule)

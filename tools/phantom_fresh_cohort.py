@@ -39,6 +39,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-patients", type=int, default=80, help="patients of the fresh cohort, half of them methylated (default: %(default)s)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/mgmt_nb_fresh_cohort"), help="folder for the generated cohorts, reused when present (default: %(default)s)")
     parser.add_argument("--layout-check", action="store_true", help="also score the validation patients written as NIfTI")
+    parser.add_argument("--output", type=Path, help="CSV file that receives one row per run with the AUCs and their interval bounds")
     return parser.parse_args(argv)
 
 
@@ -56,6 +57,9 @@ def read_run(run_dir: Path) -> dict:
     return params
 
 
+_INPUTS: dict = {}  # preprocessed inputs by (cohort folder, patient, sequences, size), shared by the runs scored on one cohort
+
+
 def score(run_dir: Path, params: dict, root: Path, patients=None) -> tuple[np.ndarray, np.ndarray]:
     "Return (labels, probabilities) of the run's model on the cohort at `root`, optionally for the listed patients only."
     from mgmt_nb.dataloader import cohort_table
@@ -68,7 +72,10 @@ def score(run_dir: Path, params: dict, root: Path, patients=None) -> tuple[np.nd
         table = table.set_index("patient_id", drop=False).loc[list(patients)]
     probabilities = []
     for _, row in table.iterrows():
-        volume, _ = load_patient_inputs(row, root, params["sequences"], size)
+        key = (str(root), str(row["patient_id"]), tuple(params["sequences"]), size)
+        if key not in _INPUTS:
+            _INPUTS[key] = load_patient_inputs(row, root, params["sequences"], size)[0]
+        volume = _INPUTS[key]
         probabilities.append(float(np.asarray(model(volume[None], training=False)).reshape(-1)[0]))
     return table["MGMT_value"].astype(int).to_numpy(), np.array(probabilities)
 
@@ -122,11 +129,16 @@ def main(argv=None) -> None:
     if arguments.seed in used_seeds:
         raise SystemExit(f"--seed {arguments.seed} generated the runs' own cohorts, so it would redraw their external patients. Pass another seed.")
     root = fresh_cohort(arguments.work_dir, next(iter(runs.values())), arguments.seed, arguments.n_patients)
-    rows = []
+    rows, records = [], []
     for run_dir, params in runs.items():
         metrics = json.loads((run_dir / "metrics.json").read_text()).get("cohorts", {})
         labels, probabilities = score(run_dir, params, root)
         auc, low, high = auc_ci(labels, probabilities)
+        records.append({
+            "run": run_dir.name, "seq": "+".join(params["sequences"]), "seed": params["seed"], "signal": params["phantom_signal"],
+            **{f"external_{key}": metrics.get("external", {}).get(key) for key in ("auc", "auc_low", "auc_high")},
+            "fresh_seed": arguments.seed, "fresh_n": len(labels), "fresh_auc": auc, "fresh_auc_low": low, "fresh_auc_high": high,
+        })
         row = {
             "run": run_dir.name, "validation (DICOM)": format_auc(metrics["validation"]) if "validation" in metrics else "n/a",
             "external": format_auc(metrics["external"]) if "external" in metrics else "n/a",
@@ -139,6 +151,8 @@ def main(argv=None) -> None:
             row["validation patients as NIfTI"] = format_auc({"auc": auc, "auc_low": low, "auc_high": high})
         rows.append(row)
         print(pd.DataFrame([row]).to_string(index=False), flush=True)
+        if arguments.output is not None:  # rewritten after each run, so an interrupted scoring keeps what it measured
+            pd.DataFrame(records).assign(synthetic=True).to_csv(arguments.output, index=False)
     print("\nROC AUC [95% stratified percentile bootstrap, 2000 resamples], SYNTHETIC phantom cohorts:")
     print(pd.DataFrame(rows).to_string(index=False))
     print(SYNTHETIC_NOTE)
