@@ -219,7 +219,7 @@ def delong_ci(
     half_width = norm.ppf((1 + level) / 2) * se
     return (auc, max(0.0, auc - half_width), min(1.0, auc + half_width))
 
-# %% ../nbs/07_evaluate.ipynb #4e01f120
+# %% ../nbs/07_evaluate.ipynb #b5934b5c
 def _is_number(value) -> bool:
     "True for a finite int or float that is not a bool."
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
@@ -315,7 +315,7 @@ def detectable_auc(
     # auc_power rises from (1 - level) / 2 at an AUC of 0.5 to 1 at an AUC of 1, so the root is bracketed.
     return float(brentq(lambda auc: auc_power(auc, n_positive, n_negative, level) - power, 0.5, 1.0, xtol=1e-6))
 
-# %% ../nbs/07_evaluate.ipynb #de454a71
+# %% ../nbs/07_evaluate.ipynb #0189871d
 def plot_auc_power(
     aucs=(0.55, 0.6, 0.65, 0.7, 0.8),  # true AUCs, one curve each
     max_patients: int = 400,  # largest cohort on the x axis, both classes together

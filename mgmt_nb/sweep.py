@@ -29,7 +29,7 @@ from tqdm import tqdm
 from .core import SYNTHETIC_NOTE, is_synthetic, logger
 from .evaluate import SEQUENCE_LABELS, SELECTION_RULES, build_ensembles, format_auc, load_runs, plot_forest
 from .evaluate import _chance_statement, detectable_auc, results_table, seed_summary, select_model
-from .train import parse_sequences
+from .train import checkpoint_position, parse_sequences
 
 # %% auto #0
 __all__ = ['SWEEP_PARAMETERS', 'STATUS_COLUMNS', 'LOG_TAIL_LINES', 'STOP_GRACE_SECONDS', 'plan_sweep', 'default_notebook',
@@ -355,6 +355,12 @@ def _power_lines(runs: pd.DataFrame, power: float = 0.8) -> list[str]:
     ]
 
 
+def _checkpoint_cell(run_dir: Path, monitor: str) -> str:
+    "Return 'epoch N of M' for a run's checkpoint, counting from 1 as Keras prints epochs, or '' for a run without a logged value (unfinished, or k-fold)."
+    position = checkpoint_position(run_dir / "history.csv", monitor)
+    return "" if position is None else f"epoch {position['epoch'] + 1} of {position['logged']}"
+
+
 def _load_named_runs(specs: list[dict], output_dir: Path) -> pd.DataFrame:
     "Load the finished runs of `specs` with load_runs, naming each by its run name and adding its seed."
     runs = load_runs([str(output_dir / spec["run_name"]) for spec in specs])
@@ -453,7 +459,14 @@ def write_sweep_report(
         lines += ["## Forest plot", "", "![ROC AUC with 95% CI of every run](forest.png)", ""]
     if status is not None and not status.empty:
         status_rows = status[["run_name", "status", "returncode", "seconds"]].astype("string").fillna("")
+        monitors = {spec["run_name"]: spec["params"].get("monitor", "val_loss") for spec in plan}
+        status_rows["checkpoint"] = [_checkpoint_cell(output_dir / name, monitors.get(name, "val_loss")) for name in status_rows.run_name]
         lines += ["## Runs", "", _markdown_table(status_rows.set_index("run_name")), ""]
+        if status_rows.checkpoint.str.len().gt(0).any():
+            lines += [
+                "Checkpoint: the epoch whose weights the run evaluated, of the epochs it logged. A checkpoint from epoch 1 "
+                "means that no later epoch did better on the validation patients, so the model kept nearly its initial weights.", "",
+            ]
 
     path = output_dir / "results.md"
     path.write_text("\n".join(lines))

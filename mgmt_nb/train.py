@@ -22,7 +22,8 @@ __all__ = ['VALIDATION_SCHEMES', 'MONITORS', 'CHECKPOINT_RECORD', 'BACKUP_FILES'
            'parse_sequences', 'make_strategy', 'set_precision', 'check_monitor', 'check_validation', 'kfold_splits',
            'combine_fold_predictions', 'shuffle_labels', 'save_params', 'marked_csv_logger', 'read_checkpoint_record',
            'make_callbacks', 'check_backup', 'resume_state', 'check_checkpoint', 'recover_checkpoint',
-           'set_backbone_trainable', 'train_model', 'load_checkpoint', 'checkpoint_epoch', 'predict_frame']
+           'set_backbone_trainable', 'train_model', 'load_checkpoint', 'checkpoint_position', 'checkpoint_epoch',
+           'predict_frame']
 
 # %% ../nbs/05_train.ipynb #d9ccc2c3
 def resolve_cohorts(
@@ -579,26 +580,36 @@ def load_checkpoint(model, path) -> None:
         model.load_weights(path)
 
 
+def checkpoint_position(
+    history_path,  # history.csv of the run or fold, next to its best.weights.h5
+    monitor: str = "val_loss",  # quantity of MONITORS the checkpoint followed
+) -> dict | None:  # {"epoch" (from 0, as in history.csv), "value", "logged" (epochs in history.csv)}, or None without a logged value
+    "Find the epoch and monitored value of the checkpoint, from its checkpoint.json, or for a run made before such records from the best logged value."
+    history = _read_history(history_path)
+    record = read_checkpoint_record(Path(history_path).parent)
+    if record is not None:
+        return {"epoch": int(record["epoch"]), "value": float(record["value"]), "logged": len(history)}
+    values = history[monitor] if monitor in history else pd.Series(dtype=float)
+    if values.notna().sum() == 0:
+        return None
+    best = _best_index(values, monitor)
+    return {"epoch": int(history.loc[best, "epoch"]), "value": float(values[best]), "logged": len(history)}
+
+
 def checkpoint_epoch(
     history_path,  # history.csv of the run or fold, next to its best.weights.h5
     monitor: str = "val_loss",  # quantity of MONITORS the checkpoint followed
 ) -> str:
-    "Describe which epoch the checkpoint contains, from its checkpoint.json, or for a run made before such records from the best logged value."
-    history = pd.read_csv(history_path)
+    "Describe which epoch the checkpoint contains, as found by checkpoint_position."
     word = "lowest" if MONITORS[monitor] == "min" else "highest"
-    record = read_checkpoint_record(Path(history_path).parent)
-    if record is not None:
-        epoch, value = int(record["epoch"]), float(record["value"])
-    else:
-        values = history[monitor] if monitor in history else pd.Series(dtype=float)
-        if values.notna().sum() == 0:
-            return f"checkpoint: {history_path} logs no {monitor} value"
-        best = _best_index(values, monitor)
-        epoch, value = int(history.loc[best, "epoch"]), float(values[best])
+    position = checkpoint_position(history_path, monitor)
+    if position is None:
+        return f"checkpoint: {history_path} logs no {monitor} value"
+    epoch, value, n_logged = position["epoch"], position["value"], position["logged"]
     # Keras prints epochs from 1 and history.csv numbers them from 0, so the line gives both.
-    logged = f"{len(history)} epoch{'s' if len(history) != 1 else ''}"
+    logged = f"{n_logged} epoch{'s' if n_logged != 1 else ''}"
     line = f"checkpoint: epoch {epoch + 1} (epoch {epoch} in history.csv, which logs {logged}), the {word} {monitor} ({value:.3f})"
-    if epoch == 0 and len(history) > 1:
+    if epoch == 0 and n_logged > 1:
         line += ". No later epoch did better on the validation patients, so the model learned little that carries over to them"
     return line
 
