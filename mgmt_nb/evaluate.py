@@ -28,11 +28,11 @@ from .core import LABEL_COLUMN, SEQUENCES, SYNTHETIC_NOTE, MGMTDataError, logger
 # %% auto #0
 __all__ = ['COHORTS', 'PREDICTION_COLUMNS', 'REAL_DATA_NOTE', 'SEQUENCE_LABELS', 'SEED_SUMMARY_COLUMNS', 'SELECTION_RULES',
            'PUBLISHED_EXTERNAL_AUC_RANGE', 'auc_ci', 'delong_test', 'delong_ci', 'auc_standard_error', 'auc_power',
-           'patients_for_power', 'detectable_auc', 'plot_auc_power', 'binary_metrics', 'youden_threshold', 'format_auc',
-           'auc_interval_description', 'write_metrics', 'external_metrics', 'reported_cohorts', 'load_runs',
-           'results_table', 'seed_summary', 'select_model', 'plot_roc', 'plot_forest', 'reliability_curve',
-           'plot_reliability', 'ensemble_mean', 'stack_predictions', 'build_ensembles', 'delong_table',
-           'plot_loss_curves', 'summary_cli']
+           'patients_for_power', 'detectable_auc', 'simulated_auc_power', 'plot_auc_power', 'binary_metrics',
+           'youden_threshold', 'format_auc', 'auc_interval_description', 'write_metrics', 'external_metrics',
+           'reported_cohorts', 'load_runs', 'results_table', 'seed_summary', 'select_model', 'plot_roc', 'plot_forest',
+           'reliability_curve', 'plot_reliability', 'ensemble_mean', 'stack_predictions', 'build_ensembles',
+           'delong_table', 'plot_loss_curves', 'summary_cli']
 
 # %% ../nbs/07_evaluate.ipynb #9d083c3d
 COHORTS = ("validation", "external")  # cohort names that training runs write, in display order
@@ -219,7 +219,7 @@ def delong_ci(
     half_width = norm.ppf((1 + level) / 2) * se
     return (auc, max(0.0, auc - half_width), min(1.0, auc + half_width))
 
-# %% ../nbs/07_evaluate.ipynb #b5934b5c
+# %% ../nbs/07_evaluate.ipynb #ff0bb1f0
 def _is_number(value) -> bool:
     "True for a finite int or float that is not a bool."
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
@@ -248,7 +248,7 @@ def auc_standard_error(
     variance = (auc * (1 - auc) + (n_positive - 1) * (q1 - auc**2) + (n_negative - 1) * (q2 - auc**2)) / (n_positive * n_negative)
     return math.sqrt(max(variance, 0.0))
 
-
+# %% ../nbs/07_evaluate.ipynb #a7744914
 def auc_power(
     auc: float,  # true ROC AUC of the model
     n_positive: int,  # methylated patients of the cohort
@@ -263,11 +263,23 @@ def auc_power(
     z = norm.ppf(0.5 + level / 2)
     return float(norm.cdf((float(auc) - 0.5) / standard_error - z))
 
-
+# %% ../nbs/07_evaluate.ipynb #3139c4a6
 def _class_sizes(n_patients: int, prevalence: float) -> tuple[int, int]:
     "Split a cohort into (methylated, unmethylated) patients at the given share, with at least one of each."
     n_positive = min(max(round(n_patients * prevalence), 1), n_patients - 1)
     return n_positive, n_patients - n_positive
+
+
+def _check_power_target(power, level: float) -> None:
+    "Raise ValueError unless power lies between the power of a model at chance, (1 - level) / 2, and 1."
+    if not _is_number(power) or not 0.0 < float(power) < 1.0:
+        raise ValueError(f"power must lie between 0 and 1, such as 0.8, got {power!r}.")
+    at_chance = (1 - float(level)) / 2
+    if float(power) <= at_chance:
+        raise ValueError(
+            f"power must exceed {at_chance:g}, the probability that a {level:g} interval of a model at chance lies above 0.5, "
+            f"got {power!r}. Every AUC reaches that power."
+        )
 
 
 def patients_for_power(
@@ -277,14 +289,15 @@ def patients_for_power(
     level: float = 0.95,  # confidence level of the two-sided interval
     max_patients: int = 1_000_000,  # largest cohort searched
 ) -> int:  # patients of both classes together
-    "Find the smallest cohort whose AUC interval lies above 0.5 with the given power."
+    "Find the smallest cohort whose AUC interval lies above 0.5 with the given power (normal approximation)."
     _check_power_inputs(auc, 1, 1, level)
     if not float(auc) > 0.5:
         raise ValueError(f"auc must lie above 0.5 for an interval above 0.5 to become likely, got {auc!r}.")
-    if not _is_number(power) or not 0.0 < float(power) < 1.0:
-        raise ValueError(f"power must lie between 0 and 1, such as 0.8, got {power!r}.")
+    _check_power_target(power, level)
     if not _is_number(prevalence) or not 0.0 < float(prevalence) < 1.0:
         raise ValueError(f"prevalence must lie between 0 and 1, such as 0.5, got {prevalence!r}.")
+    if isinstance(max_patients, (bool, np.bool_)) or not isinstance(max_patients, (int, np.integer)) or max_patients < 2:
+        raise ValueError(f"max_patients must be a whole number of at least 2, got {max_patients!r}.")
 
     def reaches(n_patients: int) -> bool:
         return auc_power(auc, *_class_sizes(n_patients, prevalence), level=level) >= power
@@ -292,7 +305,7 @@ def patients_for_power(
     if not reaches(max_patients):
         raise ValueError(f"no cohort of up to {max_patients} patients reaches power {power} at AUC {auc}. Raise max_patients.")
     # The power grows with the cohort, apart from steps of the rounded class sizes, so bisection finds the threshold.
-    low, high = 2, max_patients
+    low, high = 2, int(max_patients)
     while low < high:
         middle = (low + high) // 2
         if reaches(middle):
@@ -308,16 +321,40 @@ def detectable_auc(
     power: float = 0.8,  # required probability of an interval above 0.5
     level: float = 0.95,  # confidence level of the two-sided interval
 ) -> float:
-    "Find the smallest true AUC whose interval lies above 0.5 with the given power on a cohort of this size."
+    "Find the smallest true AUC whose interval lies above 0.5 with the given power on a cohort of this size (normal approximation)."
     _check_power_inputs(0.5, n_positive, n_negative, level)
-    if not _is_number(power) or not 0.0 < float(power) < 1.0:
-        raise ValueError(f"power must lie between 0 and 1, such as 0.8, got {power!r}.")
+    _check_power_target(power, level)
     # auc_power rises from (1 - level) / 2 at an AUC of 0.5 to 1 at an AUC of 1, so the root is bracketed.
     return float(brentq(lambda auc: auc_power(auc, n_positive, n_negative, level) - power, 0.5, 1.0, xtol=1e-6))
 
-# %% ../nbs/07_evaluate.ipynb #0189871d
+# %% ../nbs/07_evaluate.ipynb #b42a73d7
+def simulated_auc_power(
+    auc: float,  # true ROC AUC of the model
+    n_positive: int,  # methylated patients of the cohort
+    n_negative: int,  # unmethylated patients of the cohort
+    level: float = 0.95,  # confidence level of the two-sided interval
+    n_cohorts: int = 500,  # simulated cohorts
+    n_boot: int = 500,  # bootstrap resamples of each cohort's interval
+    seed: int = 0,  # seed of the scores and the resamples
+) -> float:
+    "Measure the share of simulated binormal cohorts whose auc_ci interval lies entirely above 0.5."
+    _check_power_inputs(auc, n_positive, n_negative, level)
+    if isinstance(n_cohorts, (bool, np.bool_)) or not isinstance(n_cohorts, (int, np.integer)) or n_cohorts < 1:
+        raise ValueError(f"n_cohorts must be a whole number of at least 1, got {n_cohorts!r}.")
+    if not 0.0 < float(auc) < 1.0:
+        raise ValueError(f"auc must lie strictly between 0 and 1 for binormal scores, got {auc!r}.")
+    separation = math.sqrt(2) * norm.ppf(float(auc))
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.ones(n_positive, dtype=int), np.zeros(n_negative, dtype=int)]
+    above = 0
+    for index in range(n_cohorts):
+        scores = np.r_[rng.normal(separation, 1.0, n_positive), rng.normal(0.0, 1.0, n_negative)]
+        above += auc_ci(labels, scores, n_boot=n_boot, level=level, seed=index)[1] > 0.5
+    return above / n_cohorts
+
+# %% ../nbs/07_evaluate.ipynb #a35fce59
 def plot_auc_power(
-    aucs=(0.55, 0.6, 0.65, 0.7, 0.8),  # true AUCs, one curve each
+    aucs=(0.55, 0.6, 0.65, 0.7, 0.8),  # true AUCs, one curve each (a single number draws one curve)
     max_patients: int = 400,  # largest cohort on the x axis, both classes together
     prevalence: float = 0.5,  # share of methylated patients
     level: float = 0.95,  # confidence level of the two-sided interval
@@ -325,10 +362,21 @@ def plot_auc_power(
     ax=None,  # matplotlib axes; None makes a new figure
 ):
     "Plot the probability of an AUC interval above 0.5 against the cohort size, one curve per true AUC."
-    if not isinstance(max_patients, (int, np.integer)) or isinstance(max_patients, bool) or max_patients < 4:
+    aucs = [aucs] if _is_number(aucs) else list(aucs)
+    for auc in aucs:
+        _check_power_inputs(auc, 1, 1, level)
+    if isinstance(max_patients, (bool, np.bool_)) or not isinstance(max_patients, (int, np.integer)) or max_patients < 4:
         raise ValueError(f"max_patients must be a whole number of at least 4, got {max_patients!r}.")
     if not _is_number(prevalence) or not 0.0 < float(prevalence) < 1.0:
         raise ValueError(f"prevalence must lie between 0 and 1, such as 0.5, got {prevalence!r}.")
+    mark = {} if mark is None else mark
+    if not isinstance(mark, Mapping):
+        raise ValueError(f"mark must map labels to cohort sizes, such as {{'external': 40}}, got {mark!r}.")
+    for label, size in mark.items():
+        if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)) or size < 2:
+            raise ValueError(f"mark[{label!r}] must be a whole number of patients, at least 2, got {size!r}.")
+    max_patients = max([int(max_patients), *(int(size) for size in mark.values())])
+
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.5))
     sizes = np.arange(4, max_patients + 1)
@@ -336,7 +384,7 @@ def plot_auc_power(
         powers = [auc_power(true_auc, *_class_sizes(int(size), prevalence), level=level) for size in sizes]
         ax.plot(sizes, powers, label=f"true AUC {true_auc:g}")
     ax.axhline(0.8, color="grey", linestyle="--", linewidth=1)
-    for label, size in (mark or {}).items():
+    for label, size in mark.items():
         ax.axvline(size, color="black", linestyle=":", linewidth=1)
         ax.annotate(f"{label} ({size})", (size, 0.02), rotation=90, ha="right", va="bottom", fontsize=8)
     ax.set_xlim(0, max_patients)
@@ -850,7 +898,8 @@ def select_model(
         return (-round(float(values[index]), 12), width if _is_number(width) else math.inf, *_complexity_key(row), str(row["run"]))
 
     chosen = candidates.loc[min(candidates.index, key=sort_key)]
-    kind = "SYNTHETIC phantom models" if bool(candidates.synthetic.any()) else "models"
+    noun = "model" if len(candidates) == 1 else "models"
+    kind = f"SYNTHETIC phantom {noun}" if bool(candidates.synthetic.any()) else noun
     n_ensembles = int(candidates["seq"].astype(str).str.lower().str.startswith("ensemble").sum()) if "seq" in candidates else 0
     if n_ensembles:
         kind += f" ({len(candidates) - n_ensembles} trained runs and {n_ensembles} ensembles)"

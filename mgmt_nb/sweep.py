@@ -336,7 +336,7 @@ def _checkpoint_lines(specs: list[dict]) -> list[str]:
 
 def _power_lines(runs: pd.DataFrame, power: float = 0.8) -> list[str]:
     "Return the results.md note on the smallest true AUC that each cohort size shows above 0.5 with the given power, or no lines without class counts."
-    parts = []
+    bounds = []
     for cohort in ("validation", "external"):
         columns = [f"{cohort}_n", f"{cohort}_n_positive"]
         if not set(columns) <= set(runs.columns):
@@ -345,13 +345,15 @@ def _power_lines(runs: pd.DataFrame, power: float = 0.8) -> list[str]:
         for n_patients, n_positive in sizes.itertuples(index=False):
             if 0 < n_positive < n_patients:
                 auc = detectable_auc(n_positive, n_patients - n_positive, power=power)
-                parts.append(f"{auc:.2f} on the {cohort} cohort ({n_positive} methylated, {n_patients - n_positive} unmethylated)")
-    if not parts:
+                bounds.append(f"- {cohort} cohort ({n_positive} methylated, {n_patients - n_positive} unmethylated): {auc:.2f}")
+    if not bounds:
         return []
     return [
-        f"Cohort size: a model's 95% CI lies above 0.5 in {power:.0%} of cohorts of these sizes only when its true AUC is "
-        f"at least {'; '.join(parts)}, by the Hanley-McNeil normal approximation (`evaluate.detectable_auc`). "
-        "So a CI that covers 0.5 on such a cohort does not show that the model ranks at chance.", "",
+        f"Cohort size: by the Hanley-McNeil normal approximation (`evaluate.detectable_auc`), a model's 95% CI lies above 0.5 "
+        f"in {power:.0%} of cohorts of these sizes only when its true AUC is at least:", "", *bounds, "",
+        "The approximation is optimistic below about 100 patients, so the bootstrap CIs of this report need a somewhat "
+        "higher AUC (`evaluate.simulated_auc_power` measures it). A CI that covers 0.5 on such a cohort does not show "
+        "that the model ranks at chance.", "",
     ]
 
 
@@ -463,9 +465,12 @@ def write_sweep_report(
         status_rows["checkpoint"] = [_checkpoint_cell(output_dir / name, monitors.get(name, "val_loss")) for name in status_rows.run_name]
         lines += ["## Runs", "", _markdown_table(status_rows.set_index("run_name")), ""]
         if status_rows.checkpoint.str.len().gt(0).any():
+            lines += ["Checkpoint: the epoch whose weights the run evaluated, of the epochs it logged.", ""]
+        first_epoch = status_rows.run_name[status_rows.checkpoint.str.fullmatch(r"epoch 1 of ([2-9]|\d{2,})")].tolist()
+        if first_epoch:
             lines += [
-                "Checkpoint: the epoch whose weights the run evaluated, of the epochs it logged. A checkpoint from epoch 1 "
-                "means that no later epoch did better on the validation patients, so the model kept nearly its initial weights.", "",
+                f"No epoch after the first did better on the validation patients in {', '.join(first_epoch)}, "
+                "so these models learned little that carries over to them.", "",
             ]
 
     path = output_dir / "results.md"

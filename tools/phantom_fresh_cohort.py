@@ -40,7 +40,13 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/mgmt_nb_fresh_cohort"), help="folder for the generated cohorts, reused when present (default: %(default)s)")
     parser.add_argument("--layout-check", action="store_true", help="also score the validation patients written as NIfTI")
     parser.add_argument("--output", type=Path, help="CSV file that receives one row per run with the AUCs and their interval bounds")
-    return parser.parse_args(argv)
+    arguments = parser.parse_args(argv)
+    if arguments.n_patients < 2:
+        parser.error(f"--n-patients must be at least 2 (one patient per label), got {arguments.n_patients}")
+    if arguments.output is not None:
+        # Created at the start, so that a missing folder does not fail the run after the scoring.
+        arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    return arguments
 
 
 def read_run(run_dir: Path) -> dict:
