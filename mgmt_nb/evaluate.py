@@ -219,7 +219,7 @@ def delong_ci(
     half_width = norm.ppf((1 + level) / 2) * se
     return (auc, max(0.0, auc - half_width), min(1.0, auc + half_width))
 
-# %% ../nbs/07_evaluate.ipynb #ff0bb1f0
+# %% ../nbs/07_evaluate.ipynb #b06d65fd
 def _is_number(value) -> bool:
     "True for a finite int or float that is not a bool."
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
@@ -248,7 +248,7 @@ def auc_standard_error(
     variance = (auc * (1 - auc) + (n_positive - 1) * (q1 - auc**2) + (n_negative - 1) * (q2 - auc**2)) / (n_positive * n_negative)
     return math.sqrt(max(variance, 0.0))
 
-# %% ../nbs/07_evaluate.ipynb #a7744914
+# %% ../nbs/07_evaluate.ipynb #18060ae7
 def auc_power(
     auc: float,  # true ROC AUC of the model
     n_positive: int,  # methylated patients of the cohort
@@ -263,7 +263,7 @@ def auc_power(
     z = norm.ppf(0.5 + level / 2)
     return float(norm.cdf((float(auc) - 0.5) / standard_error - z))
 
-# %% ../nbs/07_evaluate.ipynb #3139c4a6
+# %% ../nbs/07_evaluate.ipynb #180016ec
 def _class_sizes(n_patients: int, prevalence: float) -> tuple[int, int]:
     "Split a cohort into (methylated, unmethylated) patients at the given share, with at least one of each."
     n_positive = min(max(round(n_patients * prevalence), 1), n_patients - 1)
@@ -327,7 +327,7 @@ def detectable_auc(
     # auc_power rises from (1 - level) / 2 at an AUC of 0.5 to 1 at an AUC of 1, so the root is bracketed.
     return float(brentq(lambda auc: auc_power(auc, n_positive, n_negative, level) - power, 0.5, 1.0, xtol=1e-6))
 
-# %% ../nbs/07_evaluate.ipynb #b42a73d7
+# %% ../nbs/07_evaluate.ipynb #021904ee
 def simulated_auc_power(
     auc: float,  # true ROC AUC of the model
     n_positive: int,  # methylated patients of the cohort
@@ -352,7 +352,7 @@ def simulated_auc_power(
         above += auc_ci(labels, scores, n_boot=n_boot, level=level, seed=index)[1] > 0.5
     return above / n_cohorts
 
-# %% ../nbs/07_evaluate.ipynb #a35fce59
+# %% ../nbs/07_evaluate.ipynb #96186787
 def plot_auc_power(
     aucs=(0.55, 0.6, 0.65, 0.7, 0.8),  # true AUCs, one curve each (a single number draws one curve)
     max_patients: int = 400,  # largest cohort on the x axis, both classes together
