@@ -512,6 +512,8 @@ def train_model(
         state = resume_state(model_dir, monitor, freeze_epochs)
     if state["status"] == "restart" and best_path.is_file():
         state["status"] = "frozen_done"  # the frozen fit is over, and the checkpoint contains its best epoch
+    if state["status"] == "resume":
+        print(f"{model_dir}: resuming the stopped fit from its backup at epoch {state['next_epoch'] + 1} (epoch {state['next_epoch']} in history.csv)")
     if state["status"] == "finished":
         if not best_path.is_file():
             raise FileNotFoundError(

@@ -137,10 +137,12 @@ def test_stopped_frozen_run_resumes_as_left_alone(tmp_path, scripted, stop):
     assert_same_run(tmp_path / "alone", tmp_path / "stopped", rates_alone, rates_resumed)
 
 
-def test_stopped_auc_run_resumes_as_left_alone(tmp_path, scripted):
+def test_stopped_auc_run_resumes_as_left_alone(tmp_path, scripted, capsys):
     aucs = [0.55, 0.70, 0.65, 0.72, 0.60, 0.61, 0.62, 0.63]
     rates_alone = scripted(tmp_path / "alone", aucs, monitor="val_auc", epochs=8)
     first = scripted(tmp_path / "stopped", aucs, monitor="val_auc", epochs=8, stop=(2, "nan"))
+    capsys.readouterr()
     rates_resumed = {**first, **scripted(tmp_path / "stopped", aucs, monitor="val_auc", epochs=8)}
+    assert "resuming the stopped fit from its backup at epoch 4 (epoch 3 in history.csv)" in capsys.readouterr().out
     assert_same_run(tmp_path / "alone", tmp_path / "stopped", rates_alone, rates_resumed)
     assert training.read_checkpoint_record(tmp_path / "stopped")["epoch"] == 3
