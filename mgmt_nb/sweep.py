@@ -544,6 +544,16 @@ def _unexecuted_row(run_name: str, status: str, output_dir: Path) -> dict:
             "log": str(output_dir / run_name / "sweep.log"), "log_tail": ""}
 
 
+def _earlier_seconds(output_dir: Path) -> dict:
+    "Return {run name: seconds} of the runs that an earlier sweep_status.csv in output_dir lists as finished or skipped with a time."
+    try:
+        earlier = pd.read_csv(output_dir / "sweep_status.csv", usecols=["run_name", "status", "seconds"])
+    except (FileNotFoundError, ValueError):  # no earlier sweep, or a file without these columns (pandas' parser errors are ValueErrors)
+        return {}
+    kept = earlier[earlier.status.isin(["finished", "skipped"]) & pd.to_numeric(earlier.seconds, errors="coerce").notna()]
+    return dict(zip(kept.run_name, pd.to_numeric(kept.seconds).astype(float)))
+
+
 def _trains_on_phantom(spec: dict) -> bool:
     "True when a run uses a phantom cohort, as the training notebook decides: no data_dir, or a generated training or external cohort."
     data_dir, external_dir = spec["params"].get("data_dir"), spec["params"].get("external_dir")
@@ -621,10 +631,13 @@ def run_sweep(
 
     rows = {}
     pending = []
+    earlier_seconds = _earlier_seconds(output_dir)
     for spec in plan:
         run_dir = output_dir / spec["run_name"]
         if (run_dir / "metrics.json").is_file():
             rows[spec["run_name"]] = _unexecuted_row(spec["run_name"], "skipped", output_dir)
+            # A skipped run keeps the training time that the sweep which executed it recorded.
+            rows[spec["run_name"]]["seconds"] = earlier_seconds.get(spec["run_name"])
         else:
             pending.append(spec)
     logger.info("sweep: %d runs planned, %d finished earlier, %d to execute with %d workers", len(plan), len(rows), len(pending), workers)
@@ -780,7 +793,7 @@ def sweep_cli(
     except (ValueError, FileNotFoundError) as error:
         print(f"mgmt_nb_sweep: error: {error}", file=sys.stderr)
         return 2
-    print(result.status[["run_name", "status", "returncode", "seconds"]].to_string(index=False))
+    print(result.status[["run_name", "status", "returncode", "seconds"]].astype("string").fillna("").to_string(index=False))
     if result.report is not None:
         print(result.report.selection)
         print(f"report: {result.report.path}")
