@@ -660,6 +660,12 @@ def run_sweep(
     except KeyboardInterrupt:
         executor.shutdown(wait=False, cancel_futures=True)
         stopped = _stop_runs(running)
+        for name in stopped:
+            with (output_dir / name / "sweep.log").open("a") as log:
+                log.write(
+                    f"=== {datetime.datetime.now().isoformat(timespec='seconds')}: stopped by the sweep after an interrupt, so any "
+                    "traceback just above comes from the stopped kernel. Run the same command again to resume.\n"
+                )
         for spec in pending:
             if spec["run_name"] not in rows:
                 state = "interrupted" if spec["run_name"] in stopped else "not started"
