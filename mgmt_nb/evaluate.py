@@ -335,7 +335,7 @@ def simulated_auc_power(
     level: float = 0.95,  # confidence level of the two-sided interval
     n_cohorts: int = 500,  # simulated cohorts
     n_boot: int = 500,  # bootstrap resamples of each cohort's interval
-    seed: int = 0,  # seed of the scores and the resamples
+    seed: int = 0,  # seed of the scores and of each cohort's bootstrap
 ) -> float:
     "Measure the share of simulated binormal cohorts whose auc_ci interval lies entirely above 0.5."
     _check_power_inputs(auc, n_positive, n_negative, level)
@@ -347,9 +347,9 @@ def simulated_auc_power(
     rng = np.random.default_rng(seed)
     labels = np.r_[np.ones(n_positive, dtype=int), np.zeros(n_negative, dtype=int)]
     above = 0
-    for index in range(n_cohorts):
+    for _ in range(n_cohorts):
         scores = np.r_[rng.normal(separation, 1.0, n_positive), rng.normal(0.0, 1.0, n_negative)]
-        above += auc_ci(labels, scores, n_boot=n_boot, level=level, seed=index)[1] > 0.5
+        above += auc_ci(labels, scores, n_boot=n_boot, level=level, seed=int(rng.integers(2**31)))[1] > 0.5
     return above / n_cohorts
 
 # %% ../nbs/07_evaluate.ipynb #96186787

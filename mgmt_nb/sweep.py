@@ -341,7 +341,8 @@ def _power_lines(runs: pd.DataFrame, power: float = 0.8) -> list[str]:
         columns = [f"{cohort}_n", f"{cohort}_n_positive"]
         if not set(columns) <= set(runs.columns):
             continue
-        sizes = runs[columns].apply(pd.to_numeric, errors="coerce").dropna().astype(int).drop_duplicates()
+        sizes = runs[columns].apply(pd.to_numeric, errors="coerce").dropna()
+        sizes = sizes[(sizes == sizes.round()).all(axis=1)].astype(int).drop_duplicates()  # counts are whole patients
         for n_patients, n_positive in sizes.itertuples(index=False):
             if 0 < n_positive < n_patients:
                 auc = detectable_auc(n_positive, n_patients - n_positive, power=power)
@@ -357,10 +358,9 @@ def _power_lines(runs: pd.DataFrame, power: float = 0.8) -> list[str]:
     ]
 
 
-def _checkpoint_cell(run_dir: Path, monitor: str) -> str:
-    "Return 'epoch N of M' for a run's checkpoint, counting from 1 as Keras prints epochs, or '' for a run without a logged value (unfinished, or k-fold)."
-    position = checkpoint_position(run_dir / "history.csv", monitor)
-    return "" if position is None else f"epoch {position['epoch'] + 1} of {position['logged']}"
+def _checkpoint_cell(position: dict | None) -> str:
+    "Format a checkpoint_position as 'epoch N (M logged)', counting epochs from 1 as Keras prints them, or '' for None."
+    return "" if position is None else f"epoch {position['epoch'] + 1} ({position['logged']} logged)"
 
 
 def _load_named_runs(specs: list[dict], output_dir: Path) -> pd.DataFrame:
@@ -462,11 +462,16 @@ def write_sweep_report(
     if status is not None and not status.empty:
         status_rows = status[["run_name", "status", "returncode", "seconds"]].astype("string").fillna("")
         monitors = {spec["run_name"]: spec["params"].get("monitor", "val_loss") for spec in plan}
-        status_rows["checkpoint"] = [_checkpoint_cell(output_dir / name, monitors.get(name, "val_loss")) for name in status_rows.run_name]
+        # Only finished runs (this time or earlier) evaluated their checkpoint; k-fold runs have no history.csv of their own.
+        positions = {
+            name: checkpoint_position(output_dir / name / "history.csv", monitors.get(name, "val_loss")) if state in ("finished", "skipped") else None
+            for name, state in zip(status_rows.run_name, status_rows.status)
+        }
+        status_rows["checkpoint"] = [_checkpoint_cell(positions[name]) for name in status_rows.run_name]
         lines += ["## Runs", "", _markdown_table(status_rows.set_index("run_name")), ""]
-        if status_rows.checkpoint.str.len().gt(0).any():
-            lines += ["Checkpoint: the epoch whose weights the run evaluated, of the epochs it logged.", ""]
-        first_epoch = status_rows.run_name[status_rows.checkpoint.str.fullmatch(r"epoch 1 of ([2-9]|\d{2,})")].tolist()
+        if any(position is not None for position in positions.values()):
+            lines += ["Checkpoint: the epoch whose weights a finished run evaluated, counted from 1, and how many epochs its history.csv logs.", ""]
+        first_epoch = [name for name, position in positions.items() if position is not None and position["epoch"] == 0 and position["logged"] > 1]
         if first_epoch:
             lines += [
                 f"No epoch after the first did better on the validation patients in {', '.join(first_epoch)}, "

@@ -70,32 +70,32 @@ def main(argv=None) -> None:
         raise SystemExit(f"runs with several sequences are not supported: {', '.join(several)}. Pass single-sequence runs.")
     print(SYNTHETIC_NOTE)
 
-    scores, labels, properties = {}, None, {}
+    scores, labels, patient_ids, properties = {}, None, None, {}
     for run_dir, params in runs.items():
-        run_labels, probabilities = score(run_dir, params, arguments.cohort)
-        labels = run_labels if labels is None else labels
-        if not np.array_equal(labels, run_labels):
+        run_labels, probabilities, run_ids = score(run_dir, params, arguments.cohort)
+        if patient_ids is None:
+            labels, patient_ids = run_labels, run_ids
+        if not np.array_equal(patient_ids, run_ids):
             raise SystemExit(f"{run_dir.name} scored the patients in another order. Pass runs that read the cohort alike.")
         sequence = params["sequences"][0]
-        scores[run_dir.name] = (sequence, probabilities)
-        if sequence not in properties:
-            # score() cached the inputs in cohort order, which is the order of its labels and probabilities.
-            size = (int(params["image_size"]), int(params["image_size"]), int(params["depth"]))
-            inputs = [volume for key, volume in _INPUTS.items() if key == (str(arguments.cohort), key[1], (sequence,), size)]
-            properties[sequence] = pd.DataFrame([volume_properties(volume) for volume in inputs])
+        size = (int(params["image_size"]), int(params["image_size"]), int(params["depth"]))
+        scores[run_dir.name] = ((sequence, size), probabilities)
+        if (sequence, size) not in properties:
+            inputs = [_INPUTS[(str(arguments.cohort), patient_id, (sequence,), size)] for patient_id in patient_ids]
+            properties[(sequence, size)] = pd.DataFrame([volume_properties(volume) for volume in inputs])
 
     rows = [
-        {"sequence": sequence, **{name: round(roc_auc_score(labels, table[name]), 3) for name in PROPERTIES}}
-        for sequence, table in properties.items()
+        {"sequence": sequence, "size": "x".join(map(str, size)), **{name: round(roc_auc_score(labels, table[name]), 3) for name in PROPERTIES}}
+        for (sequence, size), table in properties.items()
     ]
     print(f"\nAUC of each property against the label ({len(labels)} patients, {int(labels.sum())} methylated):")
     print(pd.DataFrame(rows).to_string(index=False))
 
     run_rows, correlation_rows = [], []
-    for name, (sequence, probabilities) in scores.items():
+    for name, (key, probabilities) in scores.items():
         auc, low, high = auc_ci(labels, probabilities)
         run_rows.append({"run": name, "AUC [95% CI]": format_auc({"auc": auc, "auc_low": low, "auc_high": high})})
-        table = properties[sequence]
+        table = properties[key]
         correlation_rows.append({"run": name, **{prop: round(float(spearmanr(probabilities, table[prop])[0]), 2) for prop in PROPERTIES}})
     print("\nAUC of each run on this cohort [95% stratified percentile bootstrap, 2000 resamples]:")
     print(pd.DataFrame(run_rows).to_string(index=False))
