@@ -363,6 +363,8 @@ def plot_auc_power(
 ):
     "Plot the probability of an AUC interval above 0.5 against the cohort size, one curve per true AUC."
     aucs = [aucs] if _is_number(aucs) else list(aucs)
+    if not aucs:
+        raise ValueError("aucs is empty. Pass one true AUC or several, such as (0.6, 0.7).")
     for auc in aucs:
         _check_power_inputs(auc, 1, 1, level)
     if isinstance(max_patients, (bool, np.bool_)) or not isinstance(max_patients, (int, np.integer)) or max_patients < 4:

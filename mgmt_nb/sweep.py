@@ -473,9 +473,10 @@ def write_sweep_report(
             lines += ["Checkpoint: the epoch whose weights a finished run evaluated, counted from 1, and how many epochs its history.csv logs.", ""]
         first_epoch = [name for name, position in positions.items() if position is not None and position["epoch"] == 0 and position["logged"] > 1]
         if first_epoch:
+            models = "this model" if len(first_epoch) == 1 else "these models"
             lines += [
                 f"No epoch after the first did better on the validation patients in {', '.join(first_epoch)}, "
-                "so these models learned little that carries over to them.", "",
+                f"so {models} learned little that carries over to them.", "",
             ]
 
     path = output_dir / "results.md"

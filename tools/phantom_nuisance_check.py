@@ -59,11 +59,13 @@ def main(argv=None) -> None:
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
-    from mgmt_nb.core import SYNTHETIC_NOTE
+    from mgmt_nb.core import SYNTHETIC_NOTE, MGMTDataError
     from mgmt_nb.evaluate import auc_ci, format_auc
 
-    if not arguments.cohort.is_dir():
+    if not arguments.cohort.exists():
         raise SystemExit(f"{arguments.cohort}: cohort folder not found. Pass a folder that cohort_table reads.")
+    if not arguments.cohort.is_dir():
+        raise SystemExit(f"{arguments.cohort} is a file, not a cohort folder. Pass a folder that cohort_table reads.")
     runs = {run_dir: read_run(run_dir) for run_dir in arguments.run_dirs}
     several = [run_dir.name for run_dir, params in runs.items() if len(params["sequences"]) != 1]
     if several:
@@ -72,7 +74,10 @@ def main(argv=None) -> None:
 
     scores, labels, patient_ids, properties = {}, None, None, {}
     for run_dir, params in runs.items():
-        run_labels, probabilities, run_ids = score(run_dir, params, arguments.cohort)
+        try:
+            run_labels, probabilities, run_ids = score(run_dir, params, arguments.cohort)
+        except MGMTDataError as error:  # names the file and the fix, such as a folder in no known layout
+            raise SystemExit(str(error)) from None
         if patient_ids is None:
             labels, patient_ids = run_labels, run_ids
         if not np.array_equal(patient_ids, run_ids):
