@@ -225,12 +225,23 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_whole_number(value, minimum: int) -> bool:
+    "True for an int (not a bool) of at least `minimum`, including NumPy integers."
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= minimum
+
+
+def _check_prevalence(prevalence) -> None:
+    "Raise ValueError unless prevalence, the share of methylated patients, lies strictly between 0 and 1."
+    if not _is_number(prevalence) or not 0.0 < float(prevalence) < 1.0:
+        raise ValueError(f"prevalence must lie between 0 and 1, such as 0.5, got {prevalence!r}.")
+
+
 def _check_power_inputs(auc, n_positive, n_negative, level: float = 0.95) -> None:
     "Raise ValueError for an AUC outside [0, 1], a class with no patients or a confidence level outside (0, 1)."
     if not _is_number(auc) or not 0.0 <= float(auc) <= 1.0:
         raise ValueError(f"auc must be a number from 0 to 1, got {auc!r}.")
     for name, count in (("n_positive", n_positive), ("n_negative", n_negative)):
-        if isinstance(count, (bool, np.bool_)) or not isinstance(count, (int, np.integer)) or count < 1:
+        if not _is_whole_number(count, 1):
             raise ValueError(f"{name} must be a whole number of patients, at least 1, got {count!r}.")
     if not _is_number(level) or not 0.0 < float(level) < 1.0:
         raise ValueError(f"level must lie between 0 and 1, such as 0.95, got {level!r}.")
@@ -294,9 +305,8 @@ def patients_for_power(
     if not float(auc) > 0.5:
         raise ValueError(f"auc must lie above 0.5 for an interval above 0.5 to become likely, got {auc!r}.")
     _check_power_target(power, level)
-    if not _is_number(prevalence) or not 0.0 < float(prevalence) < 1.0:
-        raise ValueError(f"prevalence must lie between 0 and 1, such as 0.5, got {prevalence!r}.")
-    if isinstance(max_patients, (bool, np.bool_)) or not isinstance(max_patients, (int, np.integer)) or max_patients < 2:
+    _check_prevalence(prevalence)
+    if not _is_whole_number(max_patients, 2):
         raise ValueError(f"max_patients must be a whole number of at least 2, got {max_patients!r}.")
 
     def reaches(n_patients: int) -> bool:
@@ -339,7 +349,7 @@ def simulated_auc_power(
 ) -> float:
     "Measure the share of simulated binormal cohorts whose auc_ci interval lies entirely above 0.5."
     _check_power_inputs(auc, n_positive, n_negative, level)
-    if isinstance(n_cohorts, (bool, np.bool_)) or not isinstance(n_cohorts, (int, np.integer)) or n_cohorts < 1:
+    if not _is_whole_number(n_cohorts, 1):
         raise ValueError(f"n_cohorts must be a whole number of at least 1, got {n_cohorts!r}.")
     if not 0.0 < float(auc) < 1.0:
         raise ValueError(f"auc must lie strictly between 0 and 1 for binormal scores, got {auc!r}.")
@@ -367,15 +377,14 @@ def plot_auc_power(
         raise ValueError("aucs is empty. Pass one true AUC or several, such as (0.6, 0.7).")
     for auc in aucs:
         _check_power_inputs(auc, 1, 1, level)
-    if isinstance(max_patients, (bool, np.bool_)) or not isinstance(max_patients, (int, np.integer)) or max_patients < 4:
+    if not _is_whole_number(max_patients, 4):
         raise ValueError(f"max_patients must be a whole number of at least 4, got {max_patients!r}.")
-    if not _is_number(prevalence) or not 0.0 < float(prevalence) < 1.0:
-        raise ValueError(f"prevalence must lie between 0 and 1, such as 0.5, got {prevalence!r}.")
+    _check_prevalence(prevalence)
     mark = {} if mark is None else mark
     if not isinstance(mark, Mapping):
         raise ValueError(f"mark must map labels to cohort sizes, such as {{'external': 40}}, got {mark!r}.")
     for label, size in mark.items():
-        if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)) or size < 2:
+        if not _is_whole_number(size, 2):
             raise ValueError(f"mark[{label!r}] must be a whole number of patients, at least 2, got {size!r}.")
     max_patients = max([int(max_patients), *(int(size) for size in mark.values())])
 

@@ -462,7 +462,7 @@ def write_sweep_report(
     if status is not None and not status.empty:
         status_rows = status[["run_name", "status", "returncode", "seconds"]].astype("string").fillna("")
         monitors = {spec["run_name"]: spec["params"].get("monitor", "val_loss") for spec in plan}
-        # Only finished runs (this time or earlier) evaluated their checkpoint; k-fold runs have no history.csv of their own.
+        # Only finished runs (this time or earlier) evaluated a checkpoint, and k-fold runs have no history.csv of their own.
         positions = {
             name: checkpoint_position(output_dir / name / "history.csv", monitors.get(name, "val_loss")) if state in ("finished", "skipped") else None
             for name, state in zip(status_rows.run_name, status_rows.status)
@@ -556,8 +556,9 @@ def _earlier_seconds(output_dir: Path) -> dict:
         earlier = pd.read_csv(output_dir / "sweep_status.csv", usecols=["run_name", "status", "seconds"])
     except (FileNotFoundError, ValueError):  # no earlier sweep, or a file without these columns (pandas' parser errors are ValueErrors)
         return {}
-    kept = earlier[earlier.status.isin(["finished", "skipped"]) & pd.to_numeric(earlier.seconds, errors="coerce").notna()]
-    return dict(zip(kept.run_name, pd.to_numeric(kept.seconds).astype(float)))
+    seconds = pd.to_numeric(earlier.seconds, errors="coerce")
+    timed = earlier.status.isin(["finished", "skipped"]) & seconds.notna()
+    return dict(zip(earlier.run_name[timed], seconds[timed].astype(float)))
 
 
 def _trains_on_phantom(spec: dict) -> bool:

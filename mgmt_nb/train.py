@@ -537,14 +537,11 @@ def train_model(
         state = resume_state(model_dir, monitor, freeze_epochs)
 
     def saved_value():
-        record = read_checkpoint_record(model_dir)
-        if record is not None:
-            return record["value"]
-        if not best_path.is_file():
-            return None
-        # A checkpoint written before records existed: its value is the best logged one.
-        logged = _read_history(model_dir / "history.csv")[monitor]
-        return float(logged[_best_index(logged, monitor)])
+        if read_checkpoint_record(model_dir) is None and not best_path.is_file():
+            return None  # no checkpoint yet
+        # A checkpoint written before records existed gets the best logged value, as checkpoint_position finds it.
+        position = checkpoint_position(model_dir / "history.csv", monitor)
+        return None if position is None else position["value"]
 
     def callbacks(resumed: bool):
         restored = (state["best_value"], state["waited"]) if resumed and state["best_value"] is not None else None

@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     for run_dir, params in runs.items():
         try:
             run_labels, probabilities, run_ids = score(run_dir, params, arguments.cohort)
-        except MGMTDataError as error:  # names the file and the fix, such as a folder in no known layout
+        except MGMTDataError as error:  # its message names the file and the fix, for example for a folder in no known layout
             raise SystemExit(str(error)) from None
         if patient_ids is None:
             labels, patient_ids = run_labels, run_ids
